@@ -1,0 +1,78 @@
+# Shared set-up: config validation (before any job), scale, paths, dataset availability, target lists.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)  # DAG-time helpers below (rule scripts import rules/scripts/_advrep_src.py instead)
+
+import advrep.config as advconfig
+from advrep.data import DATASETS, availability
+
+validate(config, schema="../config/schema.yaml")
+config.update(advconfig.resolve(config))
+validate(config, schema="../config/schema.yaml")  # the by_scale overlays, merged, obey the schema too
+
+SCALE = config["scale"]
+RES = f"results/{SCALE}"
+DATA = "results/data"  # prepared datasets are scale-independent (content-hashed)
+DOWNLOAD = advconfig.download_enabled(config["data"], SCALE)
+
+# paper -> the result targets the workflow produces for it (each: results/<scale>/<paper>/<target>.csv + figures)
+PAPER_TARGETS = {
+    "abstain": [],
+    "lipreg": ["table4", "figure1"],
+    "sonet": [],
+    "voronoi": [],
+    "oaat": [],
+}
+PAPERS = list(PAPER_TARGETS)
+NOTEBOOKS = [p for p in PAPERS if (Path(workflow.basedir) / "notebooks" / f"{p}.py").exists()]
+
+
+wildcard_constraints:
+    paper="|".join(PAPERS),
+    dataset="|".join(DATASETS),
+
+
+def dataset_available(name):
+    """(available, reason) at DAG-build time. At reduced/paper scale every dataset is required: a missing one
+    fails in its prepare job with instructions, so it is reported available here."""
+    if SCALE != "smoke":
+        return True, ""
+    return availability(name, root=config["data"]["root"], mirror=config["data"]["mirror"], download=DOWNLOAD)
+
+
+def paper_results(paper):
+    return [f"{RES}/{paper}/{t}.csv" for t in PAPER_TARGETS[paper]]
+
+
+def all_targets():
+    out = [f"{RES}/audit/summary.md"]
+    out += [f"{RES}/audit/{p}.csv" for p in PAPERS]
+    for p in PAPERS:
+        out += paper_results(p)
+    out += [f"{RES}/notebooks/{p}.html" for p in NOTEBOOKS]
+    return out
+
+
+# --- lipreg -------------------------------------------------------------------------------------------------
+LIPREG_TABLE4 = config["lipreg"]["table4"]
+# paper column -> dataset (Table 4; CIFAR-100 without duplicated images)
+LIPREG_TABLE4_COLUMNS = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist", "CIFAR-10": "cifar10",
+                         "CIFAR-100": "cifar100"}
+
+
+def lipreg_table4_columns():
+    """(result column -> prepared dataset file, paper column -> reason it is not run)."""
+    columns, unavailable = {}, {}
+    for column, dataset in LIPREG_TABLE4_COLUMNS.items():
+        ok, reason = dataset_available(dataset)
+        if ok:
+            columns[column] = f"{DATA}/{dataset}.npz"
+        else:
+            unavailable[column] = reason
+    for standin in LIPREG_TABLE4["standins"]:
+        columns[f"{standin} (stand-in)"] = f"{DATA}/{standin}.npz"
+    return columns, unavailable

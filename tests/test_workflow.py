@@ -1,0 +1,129 @@
+"""The Snakemake workflow: lint, config validation before any job, DAGs for every scale and the SLURM profile,
+and (slow) the whole smoke DAG run end to end in a scratch copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from advrep.config import download_enabled, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+FMNIST = os.environ.get("ADVREP_FMNIST_MIRROR", "/usr/share/datasets/fashion-mnist")
+REQUIRE_REAL = os.environ.get("ADVREP_REQUIRE_REAL_DATA") == "1"
+
+
+def smk(*args, cwd=ROOT, timeout=300):
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_lint_is_clean():
+    r = smk("--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Congratulations" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("scale", ["smoke", "reduced", "paper"])
+def test_dag_builds_at_every_scale(scale):
+    r = smk("-n", "--config", f"scale={scale}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "lipreg_table4" in r.stdout
+
+
+def test_dag_builds_with_the_slurm_profile_without_slurm():
+    r = smk("--profile", "profiles/slurm", "-n", "--config", "scale=paper")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "prepare_dataset" in r.stdout
+
+
+@pytest.mark.parametrize("args, key", [
+    (["bogus_key=1"], "bogus_key"),                               # unknown key
+    (["seed=abc"], "seed"),                                       # wrong type
+    (["scale=huge"], "scale"),                                    # impossible value
+    (['lipreg={"figure1": {"lam": -1}}'], "lam"),                 # impossible value, nested
+    (['lipreg={"figure1": {"by_scale": {"smoke": {"lamda": 1}}}}'], "lamda"),  # bad key inside a scale overlay
+    (['data={"download": "sometimes"}'], "download"),
+])
+def test_bad_config_stops_before_any_job_naming_the_key(args, key):
+    r = smk("-n", "--config", *args)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "validat" in out.lower() and key in out
+    assert "Building DAG" not in out or "Job stats" not in out
+
+
+def test_by_scale_overlay_and_download_policy():
+    cfg = {"scale": "paper", "lipreg": {"table4": {"standins": ["digits28"], "max_train": None,
+                                                   "by_scale": {"paper": {"standins": []}}}}}
+    assert resolve(cfg)["lipreg"]["table4"] == {"standins": [], "max_train": None}
+    assert resolve(cfg, "smoke")["lipreg"]["table4"]["standins"] == ["digits28"]
+    assert download_enabled({"download": "auto"}, "smoke") is False
+    assert download_enabled({"download": "auto"}, "reduced") is True
+    assert download_enabled({"download": False}, "paper") is False
+
+
+def _scratch_copy(tmp: Path) -> Path:
+    work = tmp / "repo"
+    work.mkdir()
+    for name in ("Snakefile", "rules", "config", "src", "notebooks", "envs", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name,
+                                                             **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                                if src.is_dir() else {}))
+    return work
+
+
+@pytest.mark.slow
+def test_smoke_dag_end_to_end(tmp_path):
+    """The README's main job at smoke scale, with the real Fashion-MNIST mirror when present."""
+    have_real = Path(FMNIST).is_dir()
+    if REQUIRE_REAL and not have_real:
+        pytest.fail(f"ADVREP_REQUIRE_REAL_DATA=1 but no Fashion-MNIST copy at {FMNIST}")
+    work = _scratch_copy(tmp_path)
+    args = ["--cores", "2"]
+    if have_real:
+        args += ["--config", f'data={{"mirror": {json.dumps(str(Path(FMNIST).parent))}}}']
+    r = smk(*args, cwd=work, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    res = work / "results" / "smoke"
+    for rel in ["lipreg/table4.csv", "lipreg/table4.provenance.json", "lipreg/figure1.csv", "lipreg/figure1.png",
+                "audit/summary.md", "notebooks/lipreg.html", "notebooks/lipreg.ipynb",
+                *[f"audit/{p}.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")],
+                *[f"audit/{p}.claims.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")]]:
+        assert (res / rel).is_file(), rel
+
+    t4 = pd.read_csv(res / "lipreg" / "table4.csv").set_index(["row", "column"])
+    lip = t4.xs("Lipschitz constant")
+    # stand-ins are computed, flagged and never under a paper column
+    assert lip.loc["digits28 (stand-in)", "status"] == "ok"
+    assert not lip.loc["digits28 (stand-in)", "comparable"]
+    for col in ("MNIST", "CIFAR-10", "CIFAR-100"):
+        assert lip.loc[col, "status"] == "not run" and pd.isna(lip.loc[col, "value"])
+        assert "data.mirror" in lip.loc[col, "reason"]
+
+    audit = pd.read_csv(res / "audit" / "lipreg.csv")
+    a4 = audit[audit["target"] == "table4"].set_index("column")
+    assert (a4.loc[["MNIST", "CIFAR-10", "CIFAR-100"], "verdict"] == "not comparable").all()
+    if have_real:
+        # real data, the paper's exact computation: a real verdict with the reproduced number beside it
+        assert lip.loc["FashionMNIST", "status"] == "ok" and lip.loc["FashionMNIST", "comparable"]
+        assert a4.loc["FashionMNIST", "verdict"] in ("match", "deviates")
+        assert a4.loc["FashionMNIST", "reproduced"] == pytest.approx(lip.loc["FashionMNIST", "value"])
+        prov = json.loads((res / "lipreg" / "table4.provenance.json").read_text())
+        fm = [d for d in prov["datasets"] if d["name"] == "fashion_mnist"][0]
+        assert fm["source"] == "mirror" and len(fm["content_sha256"]) == 64 and not fm["standin_for"]
+    other = pd.read_csv(res / "audit" / "oaat.csv")
+    assert len(other) > 0 and (other["verdict"] == "not comparable").all()
+    assert other["reason"].str.startswith("not run yet").all()
+    claims = pd.read_csv(res / "audit" / "lipreg.claims.csv").set_index("id")
+    assert claims.loc["fig1-corrupted-labels-corrected", "verdict"] in ("holds", "fails")
+    assert "lipreg" in (res / "audit" / "summary.md").read_text()
+
+    again = smk(*args, "-n", cwd=work)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
