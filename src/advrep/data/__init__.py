@@ -1,0 +1,19 @@
+"""Data layer: obtain, verify, decode and store the datasets the workflow uses.
+
+Registry (:data:`DATASETS`): ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` (real, via torchvision's
+downloaders or an offline mirror; see :mod:`advrep.data.real` for the mirror layouts and checks), ``digits28``,
+``digits32`` (scikit-learn's bundled digits as small stand-ins) and ``planes`` (the voronoi paper's synthetic PLANES;
+see :mod:`advrep.data.synthetic`).
+
+* :func:`availability` -- cheap (file existence only): can :func:`prepare` get this dataset?
+* :func:`prepare` -- obtain, verify, decode and write one prepared ``.npz`` atomically; returns its meta dict.
+* :func:`load` -- read a prepared ``.npz`` into a :class:`Prepared` (re-checking its content hash).
+* :func:`content_sha256` -- sha256 over the decoded arrays (dtype, shape, bytes; fixed order).
+"""
+
+from .errors import DatasetCorrupt, DatasetUnavailable
+from .prepared import Prepared, arrays_sha256, content_sha256, load
+from .registry import DATASETS, DatasetSpec, availability, prepare
+
+__all__ = ["DATASETS", "DatasetSpec", "DatasetCorrupt", "DatasetUnavailable", "Prepared", "arrays_sha256",
+           "availability", "content_sha256", "load", "prepare"]

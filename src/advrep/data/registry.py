@@ -1,0 +1,125 @@
+"""The dataset registry and the two entry points used by the workflow: :func:`availability` and :func:`prepare`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import real, synthetic
+from .errors import DatasetUnavailable
+from .prepared import arrays_sha256, write_prepared
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    kind: str                      # 'real' | 'bundled' | 'generated'
+    description: str
+    shape: tuple | None            # (H, W, C) for images; None where it depends on params (planes: (codim + 2,))
+    n_classes: int
+    standin_for: str | None = None
+    torchvision: str | None = None  # torchvision.datasets class for real data
+    defaults: dict = field(default_factory=dict)   # accepted params and their defaults
+    required: tuple = ()                           # params without default
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", "real", "MNIST handwritten digits", (28, 28, 1), 10, torchvision="MNIST"),
+    "fashion_mnist": DatasetSpec("fashion_mnist", "real", "Fashion-MNIST (Zalando)", (28, 28, 1), 10,
+                                 torchvision="FashionMNIST"),
+    "cifar10": DatasetSpec("cifar10", "real", "CIFAR-10", (32, 32, 3), 10, torchvision="CIFAR10"),
+    "cifar100": DatasetSpec("cifar100", "real", "CIFAR-100 (fine labels)", (32, 32, 3), 100, torchvision="CIFAR100"),
+    "digits28": DatasetSpec("digits28", "bundled", "scikit-learn digits resized to 28x28x1", (28, 28, 1), 10,
+                            standin_for="mnist-like 28x28x1", defaults=dict(synthetic.DIGITS_DEFAULTS)),
+    "digits32": DatasetSpec("digits32", "bundled", "scikit-learn digits resized to 32x32x3 (grey replicated)",
+                            (32, 32, 3), 10, standin_for="cifar-like 32x32x3",
+                            defaults=dict(synthetic.DIGITS_DEFAULTS)),
+    "planes": DatasetSpec("planes", "generated",
+                          "PLANES (Khoury & Hadfield-Menell 2018), two 2-D planes in R^(codim+2)", None, 2,
+                          defaults=dict(synthetic.PLANES_DEFAULTS), required=("codim",)),
+}
+
+
+def _spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+def _params(spec: DatasetSpec, params: dict) -> dict:
+    unknown = sorted(set(params) - set(spec.defaults) - set(spec.required))
+    if unknown:
+        raise TypeError(f"dataset {spec.name!r} takes no parameter(s) {unknown}; "
+                        f"accepted: {sorted([*spec.required, *spec.defaults]) or 'none'}")
+    missing = [p for p in spec.required if p not in params]
+    if missing:
+        raise TypeError(f"dataset {spec.name!r} needs parameter(s) {missing}")
+    return {**spec.defaults, **params}
+
+
+def availability(name: str, *, root, mirror=None, download=False) -> tuple[bool, str]:
+    """Can :func:`prepare` obtain ``name``?  File-existence checks only (nothing is read or decoded).
+
+    Returns ``(True, where from)`` or ``(False, why not and how to provide it)``.
+    """
+    spec = _spec(name)
+    if spec.kind == "bundled":
+        return True, "bundled with scikit-learn"
+    if spec.kind == "generated":
+        return True, "generated (no files needed)"
+    return real.availability(real.REAL[name], root=root, mirror=mirror, download=download)
+
+
+def prepare(name: str, out_path, *, root, mirror=None, download=False, **params) -> dict:
+    """Obtain, verify and decode dataset ``name`` and write one prepared ``.npz`` to ``out_path`` atomically.
+
+    Returns the metadata dict stored in the file.  Raises :class:`DatasetUnavailable` (nothing to read and no
+    download) or :class:`DatasetCorrupt` (a file failed a check); in both cases nothing is written at ``out_path``.
+    """
+    spec = _spec(name)
+    params = _params(spec, params)
+    meta = {"name": name, "params": params, "standin_for": spec.standin_for, "n_classes": spec.n_classes,
+            "description": spec.description}
+    if spec.kind == "bundled":
+        size, channels = spec.shape[0], spec.shape[2]
+        x_tr, y_tr, x_te, y_te, info = synthetic.make_digits(size, channels, **params)
+        meta.update(source="bundled", verified_by="bundled (scikit-learn)", shape=list(spec.shape), **info)
+    elif spec.kind == "generated":
+        x_tr, y_tr, x_te, y_te = synthetic.make_planes(**params)
+        meta.update(source="generated", verified_by="generated", origin="advrep.data.synthetic.make_planes",
+                    shape=[int(params["codim"]) + 2],
+                    definition="voronoi paper (003_ecf3e37839b8b53b.txt) line 82; grid anchored at -extent",
+                    grid_points_per_axis={"train": len(synthetic.planes_axes(params["extent"], params["side"])[0]),
+                                          "test": len(synthetic.planes_axes(params["extent"], params["side"])[1])})
+    else:
+        rspec = real.REAL[name]
+        found, source = None, None
+        if root is not None:
+            found, _ = real.locate(root, rspec)
+            source = "cache"
+        if found is None and mirror is not None:
+            found, _ = real.locate(mirror, rspec)
+            source = "mirror"
+        if found is None:
+            if not download:
+                raise DatasetUnavailable(real.unavailable_message(rspec, root, mirror, download))
+            if root is None:
+                raise DatasetUnavailable(f"dataset {name!r}: `data.download` needs `data.root` to download into")
+            real.download(rspec, root, mirror)
+            found, why = real.locate(root, rspec)
+            source = "download"
+            if found is None:
+                raise DatasetUnavailable(real.unavailable_message(
+                    rspec, root, mirror, download,
+                    extra=f"torchvision reported success but the files are not where expected ({why})."))
+        arrays, records, split_verified, classes = real.read(rspec, found, source)
+        (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
+        kinds = list(dict.fromkeys(split_verified[s] for s in ("train", "test")))
+        meta.update(source=source, origin=str(found.folder if found.mode == "files" else found.paths["archive"]),
+                    verified_by=" + ".join(kinds), split_verified_by=split_verified, files=records,
+                    shape=list(rspec.shape), torchvision_class=f"torchvision.datasets.{rspec.tv_class}",
+                    classes=classes)
+        if source == "download":
+            meta["downloaded_from_one_of"] = real.download_urls(rspec)
+    meta["split_sha256"] = {"train": arrays_sha256(x_tr, y_tr), "test": arrays_sha256(x_te, y_te)}
+    return write_prepared(out_path, x_tr, y_tr, x_te, y_te, meta)
