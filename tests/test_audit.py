@@ -65,7 +65,8 @@ def test_tolerance_follows_printed_precision_and_bands():
 
 def test_verdicts(tmp_path, reg):
     t4 = _result(tmp_path, "table4", [
-        dict(row="L", column="A", value=0.4175, unit="lipschitz", comparable=True),  # within 0.001: match
+        dict(row="L", column="A", value=0.4175, unit="lipschitz", comparable=True,  # within 0.001: match
+             dataset="fashion_mnist:fa466530ec2b"),
         dict(row="L", column="B", value=0.6290, unit="lipschitz", comparable=True),  # off by 0.003: deviates
         dict(row="L", column="C", value=0.3, unit="lipschitz", comparable=False, reason="stand-in data: digits"),
         dict(row="L", column="D", value=None, status="not run", reason="dataset cifar100 not available"),
@@ -73,6 +74,7 @@ def test_verdicts(tmp_path, reg):
     res = Results.from_files([t4])
     out = audit_numbers(reg, res, "smoke").set_index(["target", "column"])
     assert out.loc[("table4", "A"), "verdict"] == MATCH
+    assert out.loc[("table4", "A"), "datasets"] == "fashion_mnist:fa466530ec2b"  # the cell's own data
     assert out.loc[("table4", "B"), "verdict"] == DEVIATES
     assert out.loc[("table4", "B"), "difference"] == pytest.approx(0.003)
     assert out.loc[("table4", "C"), "verdict"] == NOT_COMPARABLE

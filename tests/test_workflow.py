@@ -127,3 +127,21 @@ def test_smoke_dag_end_to_end(tmp_path):
 
     again = smk(*args, "-n", cwd=work)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # the HTML report of every result
+    rep = smk(*args, "--report", "report.html", cwd=work)
+    assert rep.returncode == 0, (rep.stdout + rep.stderr)[-3000:]
+    assert (work / "report.html").stat().st_size > 10_000
+
+    # regenerating one table re-runs that table only
+    (res / "lipreg" / "table4.csv").unlink()
+    one = smk("results/smoke/lipreg/table4.csv", "--cores", "2", *args[2:], cwd=work)
+    assert one.returncode == 0, (one.stdout + one.stderr)[-3000:]
+    assert "lipreg_table4" in one.stdout + one.stderr and "lipreg_figure1" not in one.stdout + one.stderr
+    assert (res / "lipreg" / "table4.csv").is_file()
+
+
+def test_one_table_names_only_its_own_jobs():
+    r = smk("-n", "results/smoke/lipreg/table4.csv")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "lipreg_table4" in r.stdout and "lipreg_figure1" not in r.stdout and "audit_paper" not in r.stdout

@@ -132,8 +132,16 @@ def provenance_sidecar(result_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".provenance.json")
 
 
+def dataset_tag(meta: dict) -> str:
+    """``name:<first 12 hex of content sha256>`` plus the stand-in note: what a cell was computed on."""
+    tag = f"{meta.get('name')}:{(meta.get('content_sha256') or '')[:12]}"
+    if meta.get("standin_for"):
+        tag += f" (stand-in for {meta['standin_for']})"
+    return tag
+
+
 def read_result(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
-    df = pd.read_csv(csv_path, dtype={"row": str, "column": str, "reason": str, "unit": str})
+    df = pd.read_csv(csv_path, dtype={"row": str, "column": str, "reason": str, "unit": str, "dataset": str})
     df["reason"] = df["reason"].fillna("")
     side = provenance_sidecar(csv_path)
     return df, (io.read_json(side) if side.exists() else {})

@@ -63,36 +63,33 @@ class Results:
         return out
 
     def cell(self, target: str, row: str, column: str):
-        """(value, comparable, reason, provenance, path) for one cell; value None with a reason when absent."""
+        """(value, comparable, reason, provenance, path, datasets) for one cell; value None with a reason when
+        absent.  ``datasets`` is the cell's own ``dataset`` entry where the result has one, else the result's."""
         if target not in self.tables:
-            return None, False, f"not run yet: the workflow produced no {target} for this paper", {}, ""
+            return None, False, f"not run yet: the workflow produced no {target} for this paper", {}, "", ""
         df, prov, path = self.tables[target]
         hit = df[(df["row"] == row) & (df["column"] == column)]
         if hit.empty:
-            return None, False, f"not run yet: {target} has no cell {row!r} / {column!r}", prov, path
+            return None, False, f"not run yet: {target} has no cell {row!r} / {column!r}", prov, path, ""
         r = hit.iloc[0]
+        own = r.get("dataset")
+        datasets = own if isinstance(own, str) and own else _datasets(prov)
         if r["status"] != "ok":
-            return None, False, r["reason"] or r["status"], prov, path
+            return None, False, r["reason"] or r["status"], prov, path, datasets
         value = float(r["value"])
         if not bool(r["comparable"]):
-            return value, False, r["reason"] or "not the paper's data or settings", prov, path
-        return value, True, "", prov, path
+            return value, False, r["reason"] or "not the paper's data or settings", prov, path, datasets
+        return value, True, "", prov, path, datasets
 
 
 def _datasets(prov: dict) -> str:
-    parts = []
-    for d in prov.get("datasets", []):
-        tag = f"{d.get('name')}:{(d.get('content_sha256') or '')[:12]}"
-        if d.get("standin_for"):
-            tag += f" (stand-in for {d['standin_for']})"
-        parts.append(tag)
-    return "; ".join(parts)
+    return "; ".join(provenance.dataset_tag(d) for d in prov.get("datasets", []))
 
 
 def audit_numbers(reg: Registry, results: Results, scale: str, bands: Bands = Bands()) -> pd.DataFrame:
     rows = []
     for _, pub in reg.numbers.iterrows():
-        value, comparable, reason, prov, path = results.cell(pub["target"], pub["row"], pub["column"])
+        value, comparable, reason, prov, path, datasets = results.cell(pub["target"], pub["row"], pub["column"])
         tol = tolerance(pub["unit"], pub["kind"], pub["decimals"], pub["published"], pub["tolerance"], bands)
         diff = None if value is None else value - pub["published"]
         if comparable:
@@ -103,7 +100,7 @@ def audit_numbers(reg: Registry, results: Results, scale: str, bands: Bands = Ba
             "paper": reg.paper, "target": pub["target"], "row": pub["row"], "column": pub["column"],
             "unit": pub["unit"], "kind": pub["kind"], "published": pub["published"], "reproduced": value,
             "difference": diff, "tolerance": tol, "verdict": verdict, "reason": reason, "source": pub["source"],
-            "result_file": path, "scale": prov.get("scale", scale), "datasets": _datasets(prov),
+            "result_file": path, "scale": prov.get("scale", scale), "datasets": datasets,
             "settings_sha256": prov.get("settings_sha256", ""), "seed": prov.get("seed"),
             "git_commit": prov.get("git_commit", ""),
         })
@@ -113,7 +110,7 @@ def audit_numbers(reg: Registry, results: Results, scale: str, bands: Bands = Ba
 def _side(ref, results: Results):
     if isinstance(ref, (int, float)):
         return float(ref), True, "", str(ref)
-    value, comparable, reason, _, _ = results.cell(ref["target"], ref["row"], ref["column"])
+    value, comparable, reason, *_ = results.cell(ref["target"], ref["row"], ref["column"])
     label = f"{ref['target']}[{ref['row']} / {ref['column']}]"
     return value, comparable, reason, f"{label} = {value:g}" if value is not None else label
 

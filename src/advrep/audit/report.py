@@ -35,7 +35,7 @@ def _md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |")
+        lines.append("| " + " | ".join(("" if pd.isna(r[c]) else str(r[c])).replace("|", "\\|") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

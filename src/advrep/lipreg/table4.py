@@ -44,7 +44,8 @@ def lipschitz_cells(column: str, prepared: advdata.Prepared, *, exclude_duplicat
         reasons.append(f"subsample of {max_train} training images (paper: all)")
     comparable = not reasons
     reason = "; ".join(reasons)
-    cell = dict(column=column, comparable=comparable, reason=reason, status="ok")
+    cell = dict(column=column, comparable=comparable, reason=reason, status="ok",
+                dataset=provenance.dataset_tag(prepared.meta))
     rows = [
         dict(row=ROW, value=res.lipschitz, unit="lipschitz", **cell),
         dict(row="minimum cross-class distance", value=res.distance, unit="distance", **cell),
@@ -60,7 +61,7 @@ def lipschitz_cells(column: str, prepared: advdata.Prepared, *, exclude_duplicat
 
 def not_run_cells(column: str, reason: str) -> list[dict]:
     return [dict(row=ROW, column=column, value=None, unit="lipschitz", status="not run", comparable=False,
-                 reason=reason)]
+                 reason=reason, dataset="")]
 
 
 def run(out_csv: str, *, columns: dict[str, str | None], unavailable: dict[str, str], scale: str,
