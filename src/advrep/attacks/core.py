@@ -1,0 +1,152 @@
+"""What every attack and every adversarial-training objective shares: norms, projection onto the eps-ball and the
+[0,1] box, steepest-ascent directions, random starts, eval mode, counting model calls, and one generic projected
+gradient ascent (:func:`maximize`) that evaluation attacks and training inner loops both build on.
+
+Conventions: inputs ``x`` in [0, 1] with shape (B, ...); ``eps`` a float or a (B,) tensor; ``norm`` ``"linf"`` or
+``"l2"``; models carry their own normalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+def _per_sample(value, like: torch.Tensor) -> torch.Tensor:
+    """A float or (B,) tensor as a tensor broadcastable against ``like`` (B, ...)."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(like.shape[0])
+    return t.view(-1, *([1] * (like.ndim - 1)))
+
+
+def lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of ``v`` (B, ...) -> (B,)."""
+    flat = v.flatten(1)
+    return flat.abs().amax(1) if check_norm(norm) == "linf" else flat.norm(p=2, dim=1)
+
+
+def project(delta: torch.Tensor, eps, norm: str) -> torch.Tensor:
+    """Euclidean projection of each sample's perturbation onto its eps-ball."""
+    e = _per_sample(eps, delta)
+    if check_norm(norm) == "linf":
+        return torch.maximum(torch.minimum(delta, e), -e)
+    n = lp_norm(delta, "l2").view(e.shape)
+    factor = torch.where(n > e, e / n.clamp_min(1e-12), torch.ones_like(n))
+    return delta * factor
+
+
+def clamp_box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The perturbation that keeps ``x + delta`` inside [0, 1]."""
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def steepest_ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Unit-norm steepest-ascent direction for the norm: sign(g) for L-inf, g/||g||_2 for L2."""
+    if check_norm(norm) == "linf":
+        return grad.sign()
+    n = lp_norm(grad, "l2").view(-1, *([1] * (grad.ndim - 1)))
+    return grad / n.clamp_min(1e-12)
+
+
+def random_start(x: torch.Tensor, eps, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random perturbation inside the eps-ball (uniform in the L-inf cube; uniform in the L2 ball), box-clamped."""
+    e = _per_sample(eps, x)
+    if check_norm(norm) == "linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = (2 * u - 1) * e
+    else:
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        d = g.flatten(1).shape[1]
+        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        delta = steepest_ascent(g, "l2") * r.view(-1, *([1] * (x.ndim - 1))) * e
+    return clamp_box(x, delta)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Attack in eval mode (BatchNorm statistics fixed, no dropout); restore the previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class CallCounter(nn.Module):
+    """Wraps a model and counts forward calls per sample (``counts``, shape (B,)) over the batch being attacked.
+
+    ``active`` (a (B,) bool mask, optional) says which samples a call was spent on when an attack only forwards a
+    subset; by default every call counts for the whole batch.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, device=None):
+        super().__init__()
+        self.model = model
+        self.counts = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.active: torch.Tensor | None = None
+
+    def forward(self, x):
+        if self.active is None:
+            self.counts += 1
+        else:
+            self.counts[self.active] += 1
+        return self.model(x)
+
+
+@dataclass
+class AttackResult:
+    """Output of every attack: adversarial inputs, which samples are misclassified at them, and model calls."""
+
+    x_adv: torch.Tensor  # (B, ...) in [0, 1], within eps of x
+    success: torch.Tensor  # (B,) bool: the model's prediction at x_adv differs from y (or equals target)
+    model_calls: torch.Tensor  # (B,) long: forward passes spent on each sample until its first success (or in all)
+
+
+def misclassified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) != y
+
+
+def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps, alpha, steps: int,
+             norm: str = "linf", init: torch.Tensor | str | None = "random",
+             generator: torch.Generator | None = None,
+             on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Projected steepest ascent on ``loss_fn(x_adv) -> (B,) per-sample losses``; returns the final ``x_adv``.
+
+    ``alpha``: a float, a (B,) tensor, or a callable ``step -> float`` (step-size schedule).  ``init``: ``"random"``
+    (uniform in the ball), ``None``/``"zero"`` (start at x) or a starting perturbation.  Each iterate stays inside the
+    eps-ball and [0, 1].  ``on_step(step, x_adv)`` is called after every step (e.g. to record per-sample success).
+    The caller decides train/eval mode; gradients flow only into the perturbation.
+    """
+    check_norm(norm)
+    if isinstance(init, torch.Tensor):
+        delta = clamp_box(x, project(init, eps, norm))
+    elif init == "random":
+        delta = random_start(x, eps, norm, generator)
+    else:
+        delta = torch.zeros_like(x)
+    x = x.detach()
+    for step in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        loss = loss_fn(x + delta)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        a = alpha(step) if callable(alpha) else alpha
+        delta = delta.detach() + _per_sample(a, x) * steepest_ascent(grad, norm)
+        delta = clamp_box(x, project(delta, eps, norm))
+        if on_step is not None:
+            on_step(step, x + delta)
+    return (x + delta).detach()
