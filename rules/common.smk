@@ -8,7 +8,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)  # DAG-time helpers below (rule scripts import rules/scripts/_advrep_src.py instead)
 
 import advrep.config as advconfig
-from advrep.data import DATASETS, availability
+from advrep.data import availability, file_name_pattern
 
 validate(config, schema="../config/schema.yaml")
 config.update(advconfig.resolve(config))
@@ -33,7 +33,7 @@ NOTEBOOKS = [p for p in PAPERS if (Path(workflow.basedir) / "notebooks" / f"{p}.
 
 wildcard_constraints:
     paper="|".join(PAPERS),
-    dataset="|".join(DATASETS),
+    dataset=file_name_pattern(),
 
 
 def dataset_available(name):

@@ -496,3 +496,16 @@ def test_fmnist_flipped_byte(fmnist_dir, tmp_path):
     assert "content sha256" in msg and checksums.CONTENT_SHA256["fashion_mnist"]["test"] in msg
     assert "t10k-images-idx3-ubyte.gz" in msg
     assert not out.exists() and dir_entries(out.parent) == []
+
+
+def test_prepared_file_names_parse_to_parameters():
+    import re
+
+    from advrep.data import file_name_pattern, parse_name
+
+    assert parse_name("planes_codim500") == ("planes", {"codim": 500})
+    assert parse_name("cifar10") == ("cifar10", {})
+    with pytest.raises(ValueError):
+        parse_name("planes_codimx")
+    pat = re.compile(file_name_pattern())
+    assert pat.fullmatch("planes_codim10") and pat.fullmatch("fashion_mnist") and not pat.fullmatch("planes")

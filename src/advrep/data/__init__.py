@@ -13,7 +13,7 @@ see :mod:`advrep.data.synthetic`).
 
 from .errors import DatasetCorrupt, DatasetUnavailable
 from .prepared import Prepared, arrays_sha256, content_sha256, load
-from .registry import DATASETS, DatasetSpec, availability, prepare
+from .registry import DATASETS, DatasetSpec, availability, file_name_pattern, parse_name, prepare
 
 __all__ = ["DATASETS", "DatasetSpec", "DatasetCorrupt", "DatasetUnavailable", "Prepared", "arrays_sha256",
-           "availability", "content_sha256", "load", "prepare"]
+           "availability", "content_sha256", "file_name_pattern", "load", "parse_name", "prepare"]

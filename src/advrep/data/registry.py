@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import real, synthetic
@@ -37,6 +38,26 @@ DATASETS: dict[str, DatasetSpec] = {
                           "PLANES (Khoury & Hadfield-Menell 2018), two 2-D planes in R^(codim+2)", None, 2,
                           defaults=dict(synthetic.PLANES_DEFAULTS), required=("codim",)),
 }
+
+
+_PARAM_NAMES = {"planes": re.compile(r"planes_codim(?P<codim>[1-9][0-9]*)")}
+
+
+def parse_name(name: str) -> tuple[str, dict]:
+    """A prepared file's name -> (registry name, parameters): ``planes_codim10`` -> ``("planes", {"codim": 10})``;
+    names of datasets without parameters map to themselves."""
+    for base, pattern in _PARAM_NAMES.items():
+        m = pattern.fullmatch(name)
+        if m:
+            return base, {k: int(v) for k, v in m.groupdict().items()}
+    _spec(name)
+    return name, {}
+
+
+def file_name_pattern() -> str:
+    """Regular expression matching every prepared-file name (for the workflow's wildcard constraint)."""
+    plain = [n for n in DATASETS if n not in _PARAM_NAMES]
+    return "|".join(plain + [re.sub(r"\(\?P<\w+>", "(?:", p.pattern) for p in _PARAM_NAMES.values()])
 
 
 def _spec(name: str) -> DatasetSpec:
