@@ -150,3 +150,26 @@ def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
         if on_step is not None:
             on_step(step, x + delta)
     return (x + delta).detach()
+
+
+def margin(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample margin ``max_{j != y} s_j - s_y`` of scores (B, K) -> (B,); positive iff misclassified.
+
+    On logits this is the Carlini-Wagner loss (f_6 of Carlini & Wagner, S&P 2017, with kappa = 0); on softmax
+    probabilities it is the margin term of GAMA (Sriramanan et al., NeurIPS 2020).
+    """
+    true = scores.gather(1, y.view(-1, 1)).squeeze(1)
+    others = scores.masked_fill(nn.functional.one_hot(y, scores.shape[1]).bool(), float("-inf"))
+    return others.amax(1) - true
+
+
+def eps_vector(eps, x: torch.Tensor) -> torch.Tensor:
+    """``eps`` (a float or a (B,) tensor) as a (B,) tensor on ``x``'s device and dtype."""
+    t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"eps must be a float or a ({x.shape[0]},) tensor, got shape {tuple(t.shape)}")
+    if (t < 0).any():
+        raise ValueError("eps must be non-negative")
+    return t.clone()
