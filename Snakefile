@@ -14,6 +14,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/lipreg.smk"
+include: "rules/voronoi.smk"
 include: "rules/audit.smk"
 include: "rules/notebooks.smk"
 

@@ -24,7 +24,7 @@ PAPER_TARGETS = {
     "abstain": [],
     "lipreg": ["table4", "figure1"],
     "sonet": [],
-    "voronoi": [],
+    "voronoi": ["figure1", "figure2", "figure3"],
     "oaat": [],
 }
 PAPERS = list(PAPER_TARGETS)

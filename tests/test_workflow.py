@@ -49,6 +49,9 @@ def test_dag_builds_with_the_slurm_profile_without_slurm():
     (['lipreg={"figure1": {"lam": -1}}'], "lam"),                 # impossible value, nested
     (['lipreg={"figure1": {"by_scale": {"smoke": {"lamda": 1}}}}'], "lamda"),  # bad key inside a scale overlay
     (['data={"download": "sometimes"}'], "download"),
+    (['voronoi={"figure3": {"m": 0}}'], "m"),                     # voronoi: m that makes no sense
+    (['voronoi={"figure3": {"eval_step_sizes": [-0.1]}}'], "eval_step_sizes"),
+    (['voronoi={"figure3": {"eval_eps_max": 0}}'], "eval_eps_max"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(args, key):
     r = smk("-n", "--config", *args)
@@ -93,6 +96,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     res = work / "results" / "smoke"
     for rel in ["lipreg/table4.csv", "lipreg/table4.provenance.json", "lipreg/figure1.csv", "lipreg/figure1.png",
+                *[f"voronoi/figure{k}.{ext}" for k in (1, 2, 3) for ext in ("csv", "png", "provenance.json")],
                 "audit/summary.md", "notebooks/lipreg.html", "notebooks/lipreg.ipynb",
                 *[f"audit/{p}.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")],
                 *[f"audit/{p}.claims.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")]]:
@@ -118,6 +122,12 @@ def test_smoke_dag_end_to_end(tmp_path):
         prov = json.loads((res / "lipreg" / "table4.provenance.json").read_text())
         fm = [d for d in prov["datasets"] if d["name"] == "fashion_mnist"][0]
         assert fm["source"] == "mirror" and len(fm["content_sha256"]) == 64 and not fm["standin_for"]
+    # PLANES runs at the paper's settings at every scale: its NAUCs get real verdicts
+    v = pd.read_csv(res / "audit" / "voronoi.csv")
+    v3 = v[v["target"] == "figure3"]
+    assert len(v3) == 4 and v3["verdict"].isin(["match", "deviates"]).all()
+    assert (v[v["target"] == "figure4"]["verdict"] == "not comparable").all()
+
     other = pd.read_csv(res / "audit" / "oaat.csv")
     assert len(other) > 0 and (other["verdict"] == "not comparable").all()
     assert other["reason"].str.startswith("not run yet").all()

@@ -19,36 +19,56 @@ from torch import nn
 from ..attacks.core import eval_mode, steepest_ascent
 
 
+class NeighbourIndex:
+    """Exact per-class nearest-neighbour indices (faiss ``IndexFlatL2``) over a training set, built once; queried
+    for the m nearest samples of each class other than the query's own."""
+
+    def __init__(self, train: np.ndarray, train_labels: np.ndarray):
+        import faiss
+
+        self.train = np.ascontiguousarray(np.asarray(train).reshape(len(train), -1), dtype=np.float32)
+        self.labels = np.asarray(train_labels)
+        self.classes = np.unique(self.labels)
+        self.members, self.indices = {}, {}
+        for c in self.classes:
+            self.members[c] = np.flatnonzero(self.labels == c)
+            self.indices[c] = faiss.IndexFlatL2(self.train.shape[1])
+            self.indices[c].add(self.train[self.members[c]])
+
+    def query(self, queries: np.ndarray, query_labels: np.ndarray, m: int) -> np.ndarray:
+        """Indices (Q, m*(C-1)) into the training set.  Classes with fewer than m samples contribute all they have
+        (padded by repeating their nearest, which adds no new constraint)."""
+        queries = np.ascontiguousarray(np.asarray(queries).reshape(len(queries), -1), dtype=np.float32)
+        query_labels = np.asarray(query_labels)
+        if not np.isin(query_labels, self.classes).all():
+            raise ValueError("every query label must be one of the training classes")
+        out = np.empty((len(queries), m * (len(self.classes) - 1)), dtype=np.int64)
+        slot = np.zeros(len(queries), dtype=np.int64)
+        for c in self.classes:
+            q_idx = np.flatnonzero(query_labels != c)
+            if len(q_idx) == 0:
+                continue
+            k = min(m, len(self.members[c]))
+            _, nn_idx = self.indices[c].search(queries[q_idx], k)
+            found = self.members[c][nn_idx]
+            if k < m:
+                found = np.concatenate([found, np.repeat(found[:, :1], m - k, axis=1)], axis=1)
+            out[q_idx[:, None], slot[q_idx, None] + np.arange(m)[None, :]] = found
+            slot[q_idx] += m
+        return out
+
+    def constraints(self, x: torch.Tensor, y: torch.Tensor, m: int) -> torch.Tensor:
+        """The constraining samples z (B, m*(C-1), ...) for a batch, on x's device and dtype."""
+        idx = self.query(x.detach().cpu().numpy(), y.cpu().numpy(), m)
+        z = torch.from_numpy(self.train[idx]).to(device=x.device, dtype=x.dtype)
+        return z.view(x.shape[0], idx.shape[1], *x.shape[1:])
+
+
 def other_class_neighbours(queries: np.ndarray, query_labels: np.ndarray, train: np.ndarray,
                            train_labels: np.ndarray, m: int) -> np.ndarray:
     """Indices (Q, m*(C-1)) into ``train`` of the ``m`` nearest training samples of each class other than the
-    query's own (exact L2 search with faiss).  Classes with fewer than m samples contribute all they have (padded by
-    repeating their nearest, which adds no new constraint)."""
-    import faiss
-
-    queries = np.ascontiguousarray(queries.reshape(len(queries), -1), dtype=np.float32)
-    train = np.ascontiguousarray(train.reshape(len(train), -1), dtype=np.float32)
-    classes = np.unique(train_labels)
-    out = np.empty((len(queries), m * (len(classes) - 1)), dtype=np.int64)
-    slot = np.zeros(len(queries), dtype=np.int64)
-    for c in classes:
-        members = np.flatnonzero(train_labels == c)
-        q_idx = np.flatnonzero(query_labels != c)
-        if len(q_idx) == 0:
-            continue
-        index = faiss.IndexFlatL2(train.shape[1])
-        index.add(train[members])
-        k = min(m, len(members))
-        _, nn_idx = index.search(queries[q_idx], k)
-        found = members[nn_idx]
-        if k < m:
-            found = np.concatenate([found, np.repeat(found[:, :1], m - k, axis=1)], axis=1)
-        cols = slot[q_idx, None] + np.arange(m)[None, :]
-        out[q_idx[:, None], cols] = found
-        slot[q_idx] += m
-    if not (slot == out.shape[1]).all():
-        raise ValueError("every query label must be one of the training classes")
-    return out
+    query's own (exact L2 search with faiss); see :class:`NeighbourIndex`."""
+    return NeighbourIndex(train, train_labels).query(queries, query_labels, m)
 
 
 def cell_violation(x_adv: torch.Tensor, x: torch.Tensor, z: torch.Tensor, p: float = 2.0) -> torch.Tensor:
