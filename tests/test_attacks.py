@@ -9,6 +9,7 @@ from torch import nn
 
 from advrep.attacks import (ATTACKS, GamaPGD, eval_mode, lp_norm, maximize, minimal_distance,
                             robust_accuracy_curve, run_attack, worst_case)
+from conftest import digits01
 
 EPS = {"linf": 0.1, "l2": 0.5}
 
@@ -51,22 +52,9 @@ def _mlp(hidden=64):
     return lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tiny models are dominated by per-op overhead; extra threads only contend with each other
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(d.target)
+    x, y = digits01()
     return x[:1200], y[:1200], x[1200:], y[1200:]
 
 

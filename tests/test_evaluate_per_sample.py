@@ -16,26 +16,15 @@ from advrep.evaluate import (accuracy_curve, attack_labels, clean_accuracy, dist
                              gradient_masking_checks, masking_rows, max_gradient_norm, mean_gradient_norm,
                              median_adversarial_distance, median_time_to_success, read_per_sample, robust_accuracy,
                              summary_rows, write_per_sample)
+from conftest import digits01
 
 ATTACKS = [("pgd5", "pgd", {"steps": 5}), ("fgsm", "fgsm", {}), ("square", "square", {"n_queries": 50})]
 EPS = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(d.target)
+    x, y = digits01()
     return x[:1200], y[:1200], x[1200:1400], y[1200:1400]
 
 

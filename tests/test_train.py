@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,22 +17,12 @@ from advrep.train import (AWP, OBJECTIVES, PGDAT, TRADES, AugmentedDataset, Chec
                           build_training, evaluate, fit, make_augment, make_objective, make_optimizer,
                           register_objective, train_step)
 from advrep.train.checkpoint import load_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import digits01
 
 
 @pytest.fixture(scope="module")
 def digits():
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # [0, 1]
-    return x, torch.tensor(d.target)
+    return digits01()
 
 
 def mlp(seed=0, act=nn.ReLU):
