@@ -62,16 +62,15 @@ def all_targets():
 
 
 # --- lipreg -------------------------------------------------------------------------------------------------
+from advrep.lipreg.table4 import PAPER_COLUMNS as LIPREG_TABLE4_COLUMNS  # paper column -> (dataset, dedupe)
+
 LIPREG_TABLE4 = config["lipreg"]["table4"]
-# paper column -> dataset (Table 4; CIFAR-100 without duplicated images)
-LIPREG_TABLE4_COLUMNS = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist", "CIFAR-10": "cifar10",
-                         "CIFAR-100": "cifar100"}
 
 
 def lipreg_table4_columns():
     """(result column -> prepared dataset file, paper column -> reason it is not run)."""
     columns, unavailable = {}, {}
-    for column, dataset in LIPREG_TABLE4_COLUMNS.items():
+    for column, (dataset, _) in LIPREG_TABLE4_COLUMNS.items():
         ok, reason = dataset_available(dataset)
         if ok:
             columns[column] = f"{DATA}/{dataset}.npz"
