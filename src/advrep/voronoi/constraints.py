@@ -119,6 +119,13 @@ def voronoi_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: torch.
     x = x.detach()
     cur = x.clone()
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    halfspaces = None
+    if p == 2 and not isinstance(z, ExactCell):
+        # L2 cells are polyhedra: ||u - x|| <= ||u - z_k||  <=>  (z_k - x) . u <= (||z_k||^2 - ||x||^2) / 2, so each
+        # check is one batched product with precomputed (normal, offset) pairs instead of K distances per step.
+        xf = x.reshape(x.shape[0], 1, -1)
+        zf = z.reshape(z.shape[0], z.shape[1], -1)
+        halfspaces = (zf - xf, 0.5 * ((zf * zf).sum(2) - (xf * xf).sum(2)))
     path = [cur.clone()] if return_path else None
     with eval_mode(model):
         for _ in range(steps):
@@ -133,6 +140,10 @@ def voronoi_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: torch.
                 nxt = nxt.clamp(*box)
             if isinstance(z, ExactCell):
                 ok = z.violation(nxt, x[active], y[active]) <= 0
+            elif halfspaces is not None:
+                a = halfspaces[0][active]
+                ok = (torch.einsum("bkd,bd->bk", a, nxt.reshape(nxt.shape[0], -1))
+                      - halfspaces[1][active]).amax(1) <= 0
             else:
                 ok = cell_violation(nxt, x[active], z[active], p) <= 0
             idx = active.nonzero().squeeze(1)
