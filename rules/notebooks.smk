@@ -5,6 +5,7 @@ rule notebook:
     input:
         notebook="notebooks/{paper}.py",
         audit=f"{RES}/audit/{{paper}}.csv",
+        claims=f"{RES}/audit/{{paper}}.claims.csv",
         results=lambda wc: paper_results(wc.paper),
     output:
         ipynb=f"{RES}/notebooks/{{paper}}.ipynb",
