@@ -13,32 +13,18 @@ Prints both times and the ratio faiss/torch (< 1: faiss path faster), and checks
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from _workloads import mnist_sized
 
 
 def cifar_sized(n: int, mirror: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    from advrep import data
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if mirror and data.availability("fashion_mnist", root=tmp, mirror=mirror)[0]:
-            data.prepare("fashion_mnist", Path(tmp) / "f.npz", root=tmp, mirror=mirror)
-            p = data.load(Path(tmp) / "f.npz")
-            x, y, what = p.x_train[:n], p.y_train[:n], "Fashion-MNIST padded to 32x32x3"
-        else:
-            data.prepare("digits32", Path(tmp) / "d.npz", root=tmp)
-            p = data.load(Path(tmp) / "d.npz")
-            reps = -(-n // len(p.x_train))
-            rng = np.random.default_rng(0)
-            x = np.concatenate([p.x_train] * reps)[:n].astype(np.int16)
-            x = np.clip(x + rng.integers(-8, 9, size=x.shape), 0, 255).astype(np.uint8)
-            y = np.concatenate([p.y_train] * reps)[:n]
-            return x, y, "scikit-learn digits 32x32x3, repeated with noise"
+    """CIFAR-10's size and dimension: Fashion-MNIST padded to 32x32 and replicated to 3 channels (or digits32)."""
+    x, y, what = mnist_sized(n, mirror, standin="digits32")
     if x.shape[-1] == 1:
         x = np.pad(x[..., 0], ((0, 0), (2, 2), (2, 2)))[..., None].repeat(3, axis=-1)
+        what += " padded to 32x32x3"
     return np.ascontiguousarray(x), y, what
 
 

@@ -12,29 +12,11 @@ repeated with noise), Madry's MNIST CNN at tiny width, batch 128, 40 inner steps
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from _workloads import mnist_sized
 import torch
-
-
-def training_set(mirror: str | None, n: int = 60000):
-    from advrep import data
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if mirror and data.availability("fashion_mnist", root=tmp, mirror=mirror)[0]:
-            data.prepare("fashion_mnist", Path(tmp) / "f.npz", root=tmp, mirror=mirror)
-            p = data.load(Path(tmp) / "f.npz")
-            return p.x_train[:n], p.y_train[:n], "Fashion-MNIST"
-        data.prepare("digits28", Path(tmp) / "d.npz", root=tmp)
-        p = data.load(Path(tmp) / "d.npz")
-    reps = -(-n // len(p.x_train))
-    rng = np.random.default_rng(0)
-    x = np.concatenate([p.x_train] * reps)[:n].astype(np.int16)
-    x = np.clip(x + rng.integers(-8, 9, size=x.shape), 0, 255).astype(np.uint8)
-    return x, np.concatenate([p.y_train] * reps)[:n], "digits28 repeated with noise"
 
 
 def main() -> None:
@@ -51,7 +33,7 @@ def main() -> None:
     from advrep.voronoi.constraints import NeighbourIndex
     from advrep.voronoi.training import VoronoiAT
 
-    x, y, what = training_set(args.mirror)
+    x, y, what = mnist_sized(60000, args.mirror)
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
     yt = torch.from_numpy(y).long()
     model = create_model("madry_mnist_cnn", in_shape=(1, 28, 28), num_classes=10, width="tiny", seed=0)
