@@ -34,33 +34,29 @@ def clustered(seed=0, n=2000, m=60, d=64, k=10, spread=0.35):
     return (cen[y] + spread * rng.normal(size=(n, d)), y, cen[ty] + spread * rng.normal(size=(m, d)), ty)
 
 
-def brute_line(X, y, x, yx, b, lim, step):
-    """min distance to a wrong-class nearest point over a grid of the line, and the grid step."""
-    ts = np.arange(-lim, lim + step / 2, step)
+def brute_grid(X, y, x, yx, B, coords, chunk=200_000):
+    """min distance to a wrong-class nearest point over the grid points ``x + coords @ B.T`` of the subspace."""
     best = math.inf
-    for s in range(0, len(ts), 200_000):
-        E = x[None, :] + ts[s:s + 200_000, None] * b[None, :]
+    for s in range(0, len(coords), chunk):
+        E = x[None, :] + coords[s:s + chunk] @ B.T
         D = ((E[:, None, :] - X[None, :, :]) ** 2).sum(-1)
         nn = D.argmin(1)
         w = y[nn] != yx
         if w.any():
             best = min(best, float(np.sqrt(D[w, nn[w]].min())))
     return best
+
+
+def brute_line(X, y, x, yx, b, lim, step):
+    """Dense grid of the line x + t b, |t| <= lim."""
+    return brute_grid(X, y, x, yx, b[:, None], np.arange(-lim, lim + step / 2, step)[:, None])
 
 
 def brute_plane(X, y, x, yx, B, lim, step):
+    """Dense square grid of the plane x + B t, |t_i| <= lim."""
     g = np.arange(-lim, lim + step / 2, step)
     G1, G2 = np.meshgrid(g, g)
-    tt = np.stack([G1.ravel(), G2.ravel()], 1)
-    best = math.inf
-    for s in range(0, len(tt), 250_000):
-        E = x[None, :] + tt[s:s + 250_000] @ B.T
-        D = ((E[:, None, :] - X[None, :, :]) ** 2).sum(-1)
-        nn = D.argmin(1)
-        w = y[nn] != yx
-        if w.any():
-            best = min(best, float(np.sqrt(D[w, nn[w]].min())))
-    return best
+    return brute_grid(X, y, x, yx, B, np.stack([G1.ravel(), G2.ravel()], 1))
 
 
 # --------------------------------------------------------------------------------------------------- subspaces

@@ -61,15 +61,18 @@ def linear_predict(W, b, feats) -> np.ndarray:
     return np.argmax(np.asarray(feats, dtype=np.float64) @ np.asarray(W).T + np.asarray(b), axis=1)
 
 
-def linear_adversary_wins(W, b, test_feats, test_labels, subspaces, *, tol: float = 1e-12) -> np.ndarray:
-    """Exact adversary against the linear classifier, closed form (module docstring); bool per test point."""
-    W = np.asarray(W, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    x = np.asarray(test_feats, dtype=np.float64)
-    y = np.asarray(test_labels).astype(np.int64)
+def _as_arrays(W, b, test_feats, test_labels, subspaces):
+    """float64 W, b, features; int64 labels; subspace bases as (M, d, n3) (a (M, d) array of lines is n3 = 1)."""
     Bs = np.asarray(subspaces, dtype=np.float64)
     if Bs.ndim == 2:
         Bs = Bs[:, :, None]
+    return (np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64),
+            np.asarray(test_feats, dtype=np.float64), np.asarray(test_labels).astype(np.int64), Bs)
+
+
+def linear_adversary_wins(W, b, test_feats, test_labels, subspaces, *, tol: float = 1e-12) -> np.ndarray:
+    """Exact adversary against the linear classifier, closed form (module docstring); bool per test point."""
+    W, b, x, y, Bs = _as_arrays(W, b, test_feats, test_labels, subspaces)
     dW = W[None, :, :] - W[y][:, None, :]  # (M, C, d): w_c - w_y
     alpha = np.einsum("mcd,md->mc", dW, x) + b[None, :] - b[y][:, None]
     beta = np.einsum("mcd,mdk->mck", dW, Bs)
@@ -91,13 +94,7 @@ def linear_adversary_wins_lp(W, b, test_feats, test_labels, subspaces) -> np.nda
     """Reference: for each wrong class ``c`` an LP ``exists t in R^n3: s_c(t) >= s_k(t) for all k`` (HiGHS)."""
     from scipy.optimize import linprog
 
-    W = np.asarray(W, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    x = np.asarray(test_feats, dtype=np.float64)
-    y = np.asarray(test_labels).astype(np.int64)
-    Bs = np.asarray(subspaces, dtype=np.float64)
-    if Bs.ndim == 2:
-        Bs = Bs[:, :, None]
+    W, b, x, y, Bs = _as_arrays(W, b, test_feats, test_labels, subspaces)
     out = np.zeros(len(x), dtype=bool)
     for m in range(len(x)):
         WB = W @ Bs[m]  # (C, n3)
