@@ -2,7 +2,10 @@
 #   figure1 -> advrep.voronoi.illustrations.figure1  (Voronoi diagram, cross-class faces)
 #   figure2 -> advrep.voronoi.illustrations.figure2  (constrained steps)
 #   figure3 -> advrep.voronoi.planes                 (PLANES codim 10/500, Voronoi vs Madry, 20 retrainings)
-#   figure4, figure5 (MNIST, CIFAR-10): not implemented yet; the audit reports them "not run yet".
+#   figure4 -> advrep.voronoi.figures45              (MNIST, CIFAR-10: Voronoi vs Madry vs Jacobian reg., NAUC)
+#   figure5 -> advrep.voronoi.figures45              (MNIST: Madry at eps 0.4 for 100/150 epochs vs Voronoi)
+#   one training + evaluation job per (panel, method), shared by both figures (voronoi_f45_model)
+from advrep.voronoi import figures45 as VORONOI_F45
 
 
 rule voronoi_figure1:
@@ -88,3 +91,72 @@ rule voronoi_figure3:
         runtime=10,
     script:
         "scripts/voronoi_figure3.py"
+
+
+rule voronoi_f45_model:
+    # one job per (panel, method): train through the engine (resumable checkpoints under the params' workdir, in a
+    # folder named by a hash of the training settings) and evaluate the per-sample robust-accuracy curve
+    input:
+        lambda wc: f"{DATA}/{VORONOI_F45.job_settings(config['voronoi'], wc.panel, wc.method)['dataset']}.npz",
+    output:
+        f"{RES}/voronoi/figures45/{{panel}}_{{method}}.npz",
+    wildcard_constraints:
+        panel="|".join(VORONOI_F45.PANELS),
+        method="|".join(VORONOI_F45.METHODS),
+    params:
+        settings=lambda wc: VORONOI_F45.job_settings(config["voronoi"], wc.panel, wc.method),
+        seed=config["seed"],
+        workdir=lambda wc: f"{RES}/voronoi/checkpoints/{wc.panel}_{wc.method}",
+    log:
+        f"{RES}/logs/voronoi/figures45/{{panel}}_{{method}}.log",
+    threads: 1 if SCALE == "smoke" else 8
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=4000 if SCALE == "smoke" else 32000,
+        runtime=30 if SCALE == "smoke" else (24 * 60 if SCALE == "reduced" else 7 * 24 * 60),
+        gpu=0 if SCALE == "smoke" else 1,
+    script:
+        "scripts/voronoi_train_figures45.py"
+
+
+rule voronoi_figure4:
+    input:
+        **{f"{p}_{m}": f"{RES}/voronoi/figures45/{p}_{m}.npz" for p, m in VORONOI_F45.FIGURE_JOBS["figure4"]},
+    output:
+        csv=report(f"{RES}/voronoi/figure4.csv", category="voronoi", labels={"target": "figure4", "type": "data"}),
+        png=report(f"{RES}/voronoi/figure4.png", category="voronoi", labels={"target": "figure4", "type": "figure"}),
+        provenance=f"{RES}/voronoi/figure4.provenance.json",
+    params:
+        scale=SCALE,
+        seed=config["seed"],
+    log:
+        f"{RES}/logs/voronoi/figure4.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "scripts/voronoi_figure4.py"
+
+
+rule voronoi_figure5:
+    input:
+        **{f"{p}_{m}": f"{RES}/voronoi/figures45/{p}_{m}.npz" for p, m in VORONOI_F45.FIGURE_JOBS["figure5"]},
+    output:
+        csv=report(f"{RES}/voronoi/figure5.csv", category="voronoi", labels={"target": "figure5", "type": "data"}),
+        png=report(f"{RES}/voronoi/figure5.png", category="voronoi", labels={"target": "figure5", "type": "figure"}),
+        provenance=f"{RES}/voronoi/figure5.provenance.json",
+    params:
+        scale=SCALE,
+        seed=config["seed"],
+    log:
+        f"{RES}/logs/voronoi/figure5.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "scripts/voronoi_figure5.py"
