@@ -13,6 +13,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/abstain.smk"
 include: "rules/lipreg.smk"
 include: "rules/voronoi.smk"
 include: "rules/audit.smk"

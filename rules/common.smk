@@ -21,7 +21,7 @@ DOWNLOAD = advconfig.download_enabled(config["data"], SCALE)
 
 # paper -> the result targets the workflow produces for it (each: results/<scale>/<paper>/<target>.csv + figures)
 PAPER_TARGETS = {
-    "abstain": [],
+    "abstain": ["table1", "figure1", "tuning", "n3_sweep", "theory"],
     "lipreg": ["table4", "figure1"],
     "sonet": [],
     "voronoi": ["figure1", "figure2", "figure3", "figure4", "figure5"],
@@ -79,3 +79,37 @@ def lipreg_table4_columns():
     for standin in LIPREG_TABLE4["standins"]:
         columns[f"{standin} (stand-in)"] = f"{DATA}/{standin}.npz"
     return columns, unavailable
+
+
+# --- abstain ------------------------------------------------------------------------------------------------
+from advrep.abstain.workflow import sigma_key as _abstain_sigma, table1_sigmas as _abstain_table1_sigmas
+
+ABSTAIN = config["abstain"]
+ABSTAIN_METHODS = ABSTAIN["features"]["methods"]
+ABSTAIN_N3 = sorted(set(ABSTAIN["n3_sweep"]["n3"]) | {1})
+
+
+def abstain_feature_settings(method):
+    s = {k: v for k, v in ABSTAIN["features"].items() if k not in ("dataset", "methods")}
+    s["temperature"] = ABSTAIN["features"]["temperature"][method]
+    return s
+
+
+def abstain_sigmas(n3):
+    """Every sigma a target reads from the n3 pass (one exact pass serves them all)."""
+    out = {_abstain_sigma(ABSTAIN["n3_sweep"]["sigma"])}
+    if int(n3) == 1:
+        out |= set(_abstain_table1_sigmas(ABSTAIN["table1"]["taus"]))
+        out |= {_abstain_sigma(s) for s in ABSTAIN["figure1"]["sigmas"]}
+        out.add(_abstain_sigma(ABSTAIN["tuning"]["sigma"]))
+    return sorted(out)
+
+
+def abstain_max_test(n3):
+    limits = [ABSTAIN["attack"]["max_test"]] + ([ABSTAIN["n3_sweep"]["max_test"]] if int(n3) != 1 else [])
+    limits = [m for m in limits if m is not None]
+    return min(limits) if limits else None
+
+
+def abstain_passes(n3=1):
+    return {m: f"{RES}/abstain/attack/{m}_n3{n3}.npz" for m in ABSTAIN_METHODS}

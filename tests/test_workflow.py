@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from advrep.audit import registry
 from advrep.config import download_enabled, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,11 @@ def test_lint_is_clean():
 
 @pytest.mark.parametrize("scale", ["smoke", "reduced", "paper"])
 def test_dag_builds_at_every_scale(scale):
-    r = smk("-n", "--config", f"scale={scale}")
+    r = smk("-n", "--forceall", "--config", f"scale={scale}")  # --forceall: list every job even if results exist
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "lipreg_table4" in r.stdout
+    for rule in ("lipreg_table4", "abstain_features", "abstain_attack", "abstain_table1", "voronoi_figure4",
+                 "voronoi_figure5", "audit_summary"):
+        assert rule in r.stdout, rule
 
 
 def test_dag_builds_with_the_slurm_profile_without_slurm():
@@ -52,6 +55,11 @@ def test_dag_builds_with_the_slurm_profile_without_slurm():
     (['voronoi={"figure3": {"m": 0}}'], "m"),                     # voronoi: m that makes no sense
     (['voronoi={"figure3": {"eval_step_sizes": [-0.1]}}'], "eval_step_sizes"),
     (['voronoi={"figure3": {"eval_eps_max": 0}}'], "eval_eps_max"),
+    (['voronoi={"figure4": {"mnist": {"eval": {"bogus": 1}}}}'], "bogus"),
+    (['abstain={"features": {"epochs": 0}}'], "epochs"),
+    (['abstain={"features": {"methods": ["byol"]}}'], "methods"),
+    (['abstain={"n3_sweep": {"n3": [0]}}'], "n3"),
+    (['abstain={"tuning": {"by_scale": {"smoke": {"costz": [1]}}}}'], "costz"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(args, key):
     r = smk("-n", "--config", *args)
@@ -96,7 +104,12 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     res = work / "results" / "smoke"
     for rel in ["lipreg/table4.csv", "lipreg/table4.provenance.json", "lipreg/figure1.csv", "lipreg/figure1.png",
-                *[f"voronoi/figure{k}.{ext}" for k in (1, 2, 3) for ext in ("csv", "png", "provenance.json")],
+                *[f"voronoi/figure{k}.{ext}" for k in (1, 2, 3, 4, 5) for ext in ("csv", "png", "provenance.json")],
+                *[f"abstain/{t}.{ext}" for t in ("table1", "figure1", "tuning", "n3_sweep", "theory")
+                  for ext in ("csv", "provenance.json")],
+                *[f"abstain/{t}.png" for t in ("figure1", "tuning", "n3_sweep", "theory")],
+                "abstain/features/simclr.npz", "abstain/features/supcon.npz", "notebooks/abstain.html",
+                "notebooks/voronoi.html",
                 "audit/summary.md", "notebooks/lipreg.html", "notebooks/lipreg.ipynb",
                 *[f"audit/{p}.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")],
                 *[f"audit/{p}.claims.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")]]:
@@ -128,6 +141,14 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert len(v3) == 4 and v3["verdict"].isin(["match", "deviates"]).all()
     assert (v[v["target"] == "figure4"]["verdict"] == "not comparable").all()
 
+    # abstain: every Table 1 number computed (stand-in digits features), none comparable, and the audit says why
+    ab = pd.read_csv(res / "audit" / "abstain.csv")
+    assert len(ab) == len(registry.load("abstain").numbers) and ab["reproduced"].notna().all()
+    assert (ab["verdict"] == "not comparable").all() and ab["reason"].str.contains("stand-in").all()
+    fprov = json.loads((res / "abstain" / "table1.provenance.json").read_text())
+    assert fprov["datasets"][0]["name"] == "digits32"
+    assert set(fprov["attack_passes"]) == {"simclr", "supcon"}
+
     other = pd.read_csv(res / "audit" / "oaat.csv")
     assert len(other) > 0 and (other["verdict"] == "not comparable").all()
     assert other["reason"].str.startswith("not run yet").all()
@@ -152,6 +173,6 @@ def test_smoke_dag_end_to_end(tmp_path):
 
 
 def test_one_table_names_only_its_own_jobs():
-    r = smk("-n", "results/smoke/lipreg/table4.csv")
+    r = smk("-n", "--force", "results/smoke/lipreg/table4.csv")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "lipreg_table4" in r.stdout and "lipreg_figure1" not in r.stdout and "audit_paper" not in r.stdout

@@ -11,6 +11,9 @@ Modules
 ``tuning``     data-driven tau: exact batch minimisation of g = E_adv + c D_nat, online continuous exponential weights.
 ``theory``     synthetic check of Theorems 2.1 / 2.2.
 ``table1``     Table 1 / Figure 1 rows in the layout of ``published/abstain.layout.yaml``.
+``features``   contrastive encoders (SimCLR / SupCon on the training engine) and their 512-d feature files.
+``workflow``   the workflow's targets: the exact adversary pass per feature set, then table1, figure1, tuning,
+               n3_sweep, theory (imported by ``rules/abstain.smk``; not re-exported here: they import torch).
 
 Inputs are plain arrays: ``train_feats (N, d)``, ``train_labels (N,)``, ``test_feats (M, d)``, ``test_labels (M,)``.
 """
