@@ -17,6 +17,7 @@ from advrep.train import (AWP, OBJECTIVES, PGDAT, TRADES, AugmentedDataset, Chec
                           build_training, evaluate, fit, make_augment, make_objective, make_optimizer,
                           register_objective, train_step)
 from advrep.train.checkpoint import load_checkpoint
+from advrep.train.loop import IndexedDataset, IndexedSample
 from conftest import digits01
 
 
@@ -69,9 +70,11 @@ class Killed(Exception):
     pass
 
 
-def _resume_setup(x, y, tmp, objective, callbacks=()):
+def _resume_setup(x, y, tmp, objective, callbacks=(), indexed=False):
     model = cnn(seed=123)
-    res = fit(model, loader(x, y), objective=objective, epochs=3, seed=7, checkpoint_dir=tmp, progress=False,
+    data = IndexedDataset(TensorDataset(x, y)) if indexed else TensorDataset(x, y)
+    res = fit(model, DataLoader(data, batch_size=64, shuffle=True), objective=objective, epochs=3, seed=7,
+              checkpoint_dir=tmp, progress=False,
               optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
               schedule={"name": "cosine", "warmup_epochs": 1, "per": "iteration"},
               augment={"name": "crop_flip", "padding": 2}, ema=0.9, eps_schedule={"ramp_epochs": 2},
@@ -79,11 +82,11 @@ def _resume_setup(x, y, tmp, objective, callbacks=()):
     return res
 
 
-@pytest.mark.parametrize("kill", ["mid_epoch", "after_checkpoint"])
-def test_kill_and_resume_gives_bit_identical_weights(digits, tmp_path, kill):
+@pytest.mark.parametrize("kill,indexed", [("mid_epoch", False), ("after_checkpoint", False), ("mid_epoch", True)])
+def test_kill_and_resume_gives_bit_identical_weights(digits, tmp_path, kill, indexed):
     x, y = digits[0][:256], digits[1][:256]
     pgd = {"name": "pgd_at", "eps": 0.1, "alpha": 0.04, "steps": 3}
-    full = _resume_setup(x, y, tmp_path / "full", pgd)
+    full = _resume_setup(x, y, tmp_path / "full", pgd, indexed=indexed)
 
     base = make_objective(pgd)
 
@@ -97,9 +100,9 @@ def test_kill_and_resume_gives_bit_identical_weights(digits, tmp_path, kill):
             raise Killed
 
     with pytest.raises(Killed):
-        _resume_setup(x, y, tmp_path / "cut", Hook(killer), callbacks=[stop_after_first])
+        _resume_setup(x, y, tmp_path / "cut", Hook(killer), callbacks=[stop_after_first], indexed=indexed)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
-    resumed = _resume_setup(x, y, tmp_path / "cut", pgd)  # a fresh model object with other initial weights
+    resumed = _resume_setup(x, y, tmp_path / "cut", pgd, indexed=indexed)  # fresh model, other initial weights
     assert resumed.resumed_from == 1
     for a, b in [(full.model, resumed.model), (full.ema.module, resumed.ema.module)]:
         sa, sb = a.state_dict(), b.state_dict()
@@ -109,6 +112,45 @@ def test_kill_and_resume_gives_bit_identical_weights(digits, tmp_path, kill):
     assert [h["eps"] for h in full.history] == pytest.approx([0.0, 0.05, 0.1])
     # and the run was not trivially stationary: weights moved
     assert not torch.equal(cnn(seed=123).state_dict()["4.weight"], full.model.state_dict()["4.weight"])
+
+
+def test_fit_hands_batch_indices_to_the_objective(digits, tmp_path):
+    """An IndexedDataset loader: ctx.index names each sample's row in the training set (through shuffling, in-loop
+    augmentation and an AugmentedDataset underneath); a plain (x, y) loader gives None, and the weights are the
+    same either way (the indices draw no random numbers)."""
+    x, y = digits[0][:160], digits[1][:160]
+    seen = {}
+
+    def record(tag, check):
+        def fn(model, xb, yb, c):
+            seen.setdefault(tag, []).append(None if c.index is None else c.index.clone())
+            if c.index is not None:
+                assert c.index.dtype == torch.long and c.index.shape == (len(yb),)
+                assert torch.equal(yb, y[c.index])
+                if check:
+                    assert torch.equal(xb, x[c.index])
+            logits = model(xb)
+            return F.cross_entropy(logits, yb), logits
+        return Hook(fn)
+
+    kw = dict(epochs=2, seed=5, optimizer={"name": "sgd", "lr": 0.1}, progress=False)
+    plain = fit(mlp(), DataLoader(TensorDataset(x, y), batch_size=48, shuffle=True), objective=record("plain", True),
+                checkpoint_dir=tmp_path / "plain", **kw)
+    indexed = fit(mlp(), DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=48, shuffle=True),
+                  objective=record("indexed", True), checkpoint_dir=tmp_path / "indexed", **kw)
+    assert all(i is None for i in seen["plain"])
+    epoch0 = torch.cat(seen["indexed"][:4])
+    assert sorted(epoch0.tolist()) == list(range(160)) and not torch.equal(epoch0, torch.arange(160))  # shuffled
+    pa, pb = plain.model.state_dict(), indexed.model.state_dict()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    # augmented inputs keep their sample's index (in the loop, or in the dataset under the index wrapper)
+    fit(mlp(), DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=48, shuffle=True),
+        objective=record("loop_aug", False), augment="crop_flip", checkpoint_dir=tmp_path / "aug1", **kw)
+    ds = IndexedDataset(AugmentedDataset(TensorDataset(x, y), "crop_flip", seed=0))
+    assert isinstance(ds[3], IndexedSample) and ds[3].index == 3 and hasattr(ds, "set_epoch")
+    fit(mlp(), DataLoader(ds, batch_size=48, shuffle=True), objective=record("data_aug", False),
+        checkpoint_dir=tmp_path / "aug2", **kw)
+    assert all(i is not None for i in seen["loop_aug"] + seen["data_aug"])
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -14,8 +14,8 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Training, build_training, optimizer_spec
 from .context import EpochContext, derive_seed
 from .ema import EMA, make_ema
-from .loop import (CHECKPOINT, FINAL, NonFiniteLossError, TrainResult, evaluate, fit, resolve_amp, resolve_device,
-                   train_step)
+from .loop import (CHECKPOINT, FINAL, IndexedDataset, IndexedSample, NonFiniteLossError, TrainResult, batch_index,
+                   evaluate, fit, resolve_amp, resolve_device, train_step)
 from .objectives import (AWP, OBJECTIVES, PGDAT, TRADES, AdversarialObjective, CrossEntropy, GradNormPenalty, Hook,
                          Objective, make_objective, register_objective)
 from .schedules import (EpsSchedule, LRSchedule, OptimizerSpec, ScheduleSpec, lr_factor, make_eps_schedule,
@@ -24,8 +24,9 @@ from .schedules import (EpsSchedule, LRSchedule, OptimizerSpec, ScheduleSpec, lr
 __all__ = [
     "AWP", "Augment", "AugmentedDataset", "AutoAugment", "AdversarialObjective", "CHECKPOINT", "CheckpointError",
     "CropFlip", "CrossEntropy", "Cutout", "EMA", "EpochContext", "EpsSchedule", "FINAL", "GradNormPenalty", "Hook",
+    "IndexedDataset", "IndexedSample",
     "LRSchedule", "NonFiniteLossError", "OBJECTIVES", "Objective", "OptimizerSpec", "PGDAT", "ScheduleSpec",
-    "TRADES", "TrainResult", "Training", "build_training", "derive_seed", "evaluate", "fit", "load_checkpoint",
+    "TRADES", "TrainResult", "Training", "batch_index", "build_training", "derive_seed", "evaluate", "fit", "load_checkpoint",
     "lr_factor", "make_augment", "make_ema", "make_eps_schedule", "make_objective", "make_optimizer",
     "optimizer_spec", "register_objective", "resolve_amp", "resolve_device", "save_checkpoint", "schedule_spec",
     "train_step",

@@ -33,7 +33,9 @@ class EpochContext:
 
     ``epoch`` and ``batch`` are 0-based; ``step`` is the global optimizer step (0-based, counted over all epochs);
     ``eps_fraction`` is the epsilon-ramp factor in [0, 1] (1 without an epsilon schedule): adversarial objectives
-    train at ``eps * eps_fraction`` with step size ``alpha * eps_fraction``.
+    train at ``eps * eps_fraction`` with step size ``alpha * eps_fraction``.  ``index``: the (B,) positions in the
+    training set of the current batch's samples when the loader yields them (batches with an ``index`` field, e.g.
+    from :class:`advrep.train.loop.IndexedDataset`), else None; on the CPU, as the loader gave it.
     """
 
     epoch: int = 0
@@ -46,6 +48,7 @@ class EpochContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None
     metrics: dict = field(default_factory=dict)  # name -> [sum, count], averaged per epoch into the history
+    index: torch.Tensor | None = None
 
     def log(self, name: str, value) -> None:
         """Record a scalar (tensor or number) to be averaged over the epoch and stored in the history."""

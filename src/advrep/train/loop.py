@@ -21,12 +21,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
 
 from .augment import Augment, make_augment
@@ -65,6 +65,46 @@ class TrainResult:
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+
+class IndexedSample(NamedTuple):
+    """A sample (or, collated by a DataLoader, a batch) that knows its position in the training set."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: int | torch.Tensor
+
+
+class IndexedDataset(Dataset):
+    """``dataset[i] = (x, y, ...)`` -> ``IndexedSample(x, y, i)``: batches then carry the samples' training-set
+    indices, which :func:`fit` hands to the objective as ``ctx.index`` (e.g. for per-sample tables computed once
+    per training set, such as the Voronoi constraints).  Loaders of plain ``(x, y)`` batches give ``ctx.index =
+    None``.  Wrap outermost (``IndexedDataset(AugmentedDataset(ds))``): the default collate keeps the named tuple,
+    and ``set_epoch`` and other attributes are forwarded to the wrapped dataset.  Adds no random numbers, so
+    checkpoint/resume stays bit-identical."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return IndexedSample(item[0], item[1], int(i))
+
+    def __getattr__(self, name):  # set_epoch, augment, ... of the wrapped dataset
+        if name == "dataset":  # not yet set (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def batch_index(batch) -> torch.Tensor | None:
+    """The training-set indices a batch carries (the ``index`` field of a named tuple such as
+    :class:`IndexedSample`), or None (plain tuples and lists: their ``index`` is a method)."""
+    if "index" not in getattr(batch, "_fields", ()):
+        return None
+    return torch.as_tensor(batch.index)
 
 
 def resolve_device(device) -> torch.device:
@@ -208,7 +248,8 @@ def fit(model: nn.Module, train_loader, *, objective, epochs: int, optimizer, sc
     :class:`ScheduleSpec`, a config dict/name or None (constant lr).  ``eps_schedule``: an :class:`EpsSchedule`,
     ramp epochs or a dict.  ``ema``: a decay, an :class:`EMA` or None.  ``augment``: an :class:`Augment`, a config
     (``"crop_flip"``, a list, ...) or None; applied per batch on the CPU before moving to the device.
-    ``callbacks``: ``cb(epoch, record)`` after each epoch's checkpoint is written.
+    ``callbacks``: ``cb(epoch, record)`` after each epoch's checkpoint is written.  Batches are ``(x, y, ...)``;
+    those of an :class:`IndexedDataset` also carry the samples' training-set indices, passed on as ``ctx.index``.
 
     ``checkpoint_dir/last.pt`` is written atomically after every epoch (model, optimizer, schedule, EMA, GradScaler,
     objective state, RNG states, epoch, history, seed, device); if it exists when ``fit`` starts, training resumes
@@ -279,7 +320,7 @@ def fit(model: nn.Module, train_loader, *, objective, epochs: int, optimizer, sc
                 step = epoch * steps_per_epoch + i
                 if schedule is not None:
                     schedule.set(step)
-                ctx.batch, ctx.step = i, step
+                ctx.batch, ctx.step, ctx.index = i, step, batch_index(batch)
                 ctx.lr = float(optimizer.param_groups[0]["lr"])
                 ctx.eps_fraction = eps_schedule.fraction(step, steps_per_epoch) if eps_schedule else 1.0
                 value, logits = train_step(model, x, y, objective, optimizer, ctx, scaler=scaler,
@@ -366,5 +407,5 @@ def _restore(state, path, *, seed, steps_per_epoch, epochs, model, optimizer, sc
         raise CheckpointError(f"{path} does not fit this run's model/optimizer/settings ({e}). {delete}") from e
 
 
-__all__ = ["CHECKPOINT", "FINAL", "FORMAT", "NonFiniteLossError", "TrainResult", "evaluate", "fit",
-           "resolve_amp", "resolve_device", "seed_everything", "train_step"]
+__all__ = ["CHECKPOINT", "FINAL", "FORMAT", "IndexedDataset", "IndexedSample", "NonFiniteLossError", "TrainResult",
+           "batch_index", "evaluate", "fit", "resolve_amp", "resolve_device", "seed_everything", "train_step"]
