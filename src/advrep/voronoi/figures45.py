@@ -254,7 +254,8 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, settings: dict, seed: i
     Returns ``{"eps", "curves": {name: (len(eps), N) bool}, "history", "seconds_train", "seconds_eval"}``."""
     import torch
 
-    from ..train import build_training, load_checkpoint, resolve_device, save_checkpoint
+    from ..train import IndexedDataset, build_training, load_checkpoint, resolve_device, save_checkpoint
+    from .training import VoronoiAT
 
     workdir = Path(workdir)
     training_cfg = dict(settings["training"])
@@ -273,7 +274,13 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, settings: dict, seed: i
         if snap is not None and epoch + 1 == int(snap):
             save_checkpoint(snap_path, {"epoch": int(snap), "model": model.state_dict()})
 
-    loader = training.loader(torch.utils.data.TensorDataset(x_train, y_train))
+    dataset = torch.utils.data.TensorDataset(x_train, y_train)
+    if isinstance(objective, VoronoiAT):
+        # batches carry training-set indices: each sample's constraining neighbours are searched once per training
+        # set (kept beside the checkpoints for a resumed run); augmented rows are searched per batch (the paper)
+        objective.cache_dir = workdir
+        dataset = IndexedDataset(dataset)
+    loader = training.loader(dataset)
     t0 = time.perf_counter()
     result = training.fit(model, loader, checkpoint_dir=workdir, objective=objective, callbacks=[keep_snapshot])
     seconds_train = time.perf_counter() - t0

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..evaluate import nauc, robust_accuracy_at
 from ..models import create_model
-from ..train import fit
+from ..train import IndexedDataset, fit
 from ..train.objectives import PGDAT
 from .constraints import NeighbourIndex
 from .training import VoronoiAT
@@ -85,7 +85,10 @@ def train_one(method: str, x_train: np.ndarray, y_train: np.ndarray, s: PlanesSe
                               alpha=s.attack_alpha / SPAN, step_norm="l2", p=2.0, box=(0.0, 1.0))
     else:
         raise ValueError(f"method must be one of {METHODS}")
-    loader = DataLoader(TensorDataset(u, y), batch_size=s.batch_size, shuffle=True)
+    dataset = TensorDataset(u, y)
+    if method == "Voronoi":  # indices in the batches: neighbours searched once per training set, not per batch
+        dataset = IndexedDataset(dataset)
+    loader = DataLoader(dataset, batch_size=s.batch_size, shuffle=True)
     fit(model, loader, objective=objective, epochs=s.epochs, optimizer={"name": "adam", "lr": s.lr},
         checkpoint_dir=checkpoint_dir, seed=seed, device="cpu", progress=False)
     return model.eval()
