@@ -116,6 +116,10 @@ def test_claims_not_run(reg):
     out = audit_claims(reg, Results()).set_index("id")
     assert (out["verdict"] == NOT_COMPARABLE).all()
     assert out["reason"].str.contains("not run yet").all()
+    # both sides not comparable for the same reason: the reason is given once
+    for r in out["reason"]:
+        parts = r.split("; ")
+        assert len(parts) == len(set(parts)), r
 
 
 def test_audit_files_and_summary(tmp_path, reg, monkeypatch):

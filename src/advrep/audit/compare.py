@@ -133,7 +133,7 @@ def audit_claims(reg: Registry, results: Results) -> pd.DataFrame:
             reason = ""
         else:
             verdict = NOT_COMPARABLE
-            reason = "; ".join(r for r in (lr, rr) if r) or "cells not comparable"
+            reason = "; ".join(dict.fromkeys(r for r in (lr, rr) if r)) or "cells not comparable"  # each once
         rows.append({"paper": reg.paper, "id": c["id"], "statement": c["statement"], "left": ltxt, "op": c["op"],
                      "factor": factor, "right": rtxt, "verdict": verdict, "reason": reason, "source": c["source"]})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
