@@ -22,3 +22,16 @@ def digits01() -> tuple[torch.Tensor, torch.Tensor]:
 
     d = load_digits()
     return torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0, torch.tensor(d.target)
+
+
+def tamper_npz(src, key: str, dst=None) -> None:
+    """Rewrite ``src`` (an .npz) to ``dst`` (default: in place) with one element of array ``key`` changed by +1:
+    what a damaged or hand-edited results file looks like to a hash check."""
+    import numpy as np
+
+    with np.load(src) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[0] += 1
+    with open(dst or src, "wb") as fh:
+        np.savez(fh, **arrays)

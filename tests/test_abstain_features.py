@@ -14,6 +14,7 @@ from advrep.abstain.defence import exact_nearest
 from advrep.data import load, prepare
 from advrep.data.prepared import write_prepared
 from advrep.train import CheckpointError, make_objective
+from conftest import tamper_npz
 
 
 def tiny_settings(**kw):
@@ -214,12 +215,7 @@ def test_run_resumes_bit_identically_and_file_is_checked(digits, tmp_path):
                          checkpoint_dir=tmp_path / "ck_cut", seed=3, device="cpu", normalization="digits32")
 
     # a tampered file is rejected, naming the file and what to do
-    with np.load(tmp_path / "full.npz") as f:
-        arrays = {k: f[k] for k in f.files}
-    arrays["test_feats"] = arrays["test_feats"].copy()
-    arrays["test_feats"][0, 0] += 1.0
-    with open(tmp_path / "tampered.npz", "wb") as fh:
-        np.savez(fh, **arrays)
+    tamper_npz(tmp_path / "full.npz", "test_feats", tmp_path / "tampered.npz")
     with pytest.raises(fx.FeaturesCorrupt, match=r"tampered\.npz.*delete"):
         fx.read_features(tmp_path / "tampered.npz")
 

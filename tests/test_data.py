@@ -25,6 +25,7 @@ from advrep.data import (DATASETS, DatasetCorrupt, DatasetUnavailable, availabil
                          prepare)
 from advrep.data import checksums, real
 from advrep.data.prepared import arrays_sha256
+from conftest import tamper_npz
 
 FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                 "t10k-labels-idx1-ubyte.gz")
@@ -184,12 +185,7 @@ def test_planes_rejects_bad_codim(tmp_path):
 
 def test_load_detects_tampering(tmp_path):
     prepare("planes", tmp_path / "p.npz", root=None, codim=1)
-    with np.load(tmp_path / "p.npz") as f:
-        arrays = {k: f[k] for k in f.files}
-    arrays["x_train"] = arrays["x_train"].copy()
-    arrays["x_train"][0, 0] += 1
-    with open(tmp_path / "p.npz", "wb") as fh:
-        np.savez(fh, **arrays)
+    tamper_npz(tmp_path / "p.npz", "x_train")
     with pytest.raises(DatasetCorrupt, match="delete it"):
         load(tmp_path / "p.npz")
     assert load(tmp_path / "p.npz", verify=False).x_train.shape == (450, 3)
