@@ -72,3 +72,104 @@ def test_eval_mode_restores_and_counter_counts():
     c.active = torch.tensor([True, False, True, False])
     c(torch.zeros(2, 2))
     assert c.counts.tolist() == [2, 1, 2, 1]
+
+
+def _plain_maximize(loss_fn, x, *, eps, alpha, steps, norm, init, generator=None):
+    """The textbook loop, written out literally (one fresh tensor per operation): the reference for maximize."""
+    from advrep.attacks.core import _per_sample
+
+    if isinstance(init, torch.Tensor):
+        delta = clamp_box(x, project(init, eps, norm))
+    elif init == "random":
+        delta = random_start(x, eps, norm, generator)
+    else:
+        delta = torch.zeros_like(x)
+    for step in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(x + delta).sum(), delta)
+        a = alpha(step) if callable(alpha) else alpha
+        delta = delta.detach() + _per_sample(a, x) * steepest_ascent(grad, norm)
+        delta = clamp_box(x, project(delta, eps, norm))
+    return (x + delta).detach()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("alpha_kind", ["float", "tensor", "callable"])
+@pytest.mark.parametrize("init", ["random", None, "tensor"])
+def test_maximize_iterates_equal_the_plain_loop_bit_for_bit(norm, alpha_kind, init):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.rand(32, 3, 6, 6)
+    y = torch.randint(0, 5, (32,))
+    eps = torch.rand(32) * (0.1 if norm == "linf" else 1.0)
+    eps[:3] = 0.0  # a zero radius: the iterate must stay at x
+    alpha = {"float": 0.013, "tensor": eps / 3, "callable": lambda s: 0.02 / (s + 1)}[alpha_kind]
+    start = torch.randn_like(x) * 0.05 if init == "tensor" else init
+    loss = lambda z: nn.functional.cross_entropy(model(z), y, reduction="none")  # noqa: E731
+    ours = maximize(loss, x, eps=eps, alpha=alpha, steps=7, norm=norm, init=start,
+                    generator=torch.Generator().manual_seed(5))
+    ref = _plain_maximize(loss, x, eps=eps, alpha=alpha, steps=7, norm=norm, init=start,
+                          generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ours, ref)
+    assert torch.equal(ours[:3], x[:3])
+    assert (lp_norm(ours - x, norm) <= eps + 1e-6).all() and ours.min() >= 0 and ours.max() <= 1
+
+
+class _Tap(torch.autograd.Function):
+    """Identity that counts the backward passes through it."""
+
+    @staticmethod
+    def forward(ctx, out, counter):
+        ctx.counter = counter
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.counter.backward_passes += 1
+        return grad, None
+
+
+class _Counting(nn.Module):
+    """Counts forward passes (with their batch sizes) and backward passes of the wrapped model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.forwards: list[tuple[int, bool]] = []  # (batch size, with a graph)
+        self.backward_passes = 0
+
+    def forward(self, z):
+        out = self.model(z)
+        self.forwards.append((z.shape[0], out.requires_grad))
+        return _Tap.apply(out, self) if out.requires_grad else out
+
+
+def test_maximize_does_exactly_one_forward_and_one_backward_per_step():
+    torch.manual_seed(0)
+    model = _Counting(nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)))
+    x = torch.rand(8, 3, 4, 4)
+    y = torch.randint(0, 3, (8,))
+    maximize(lambda z: nn.functional.cross_entropy(model(z), y, reduction="none"), x, eps=0.1, alpha=0.02,
+             steps=6, init="random")
+    assert model.forwards == [(8, True)] * 6 and model.backward_passes == 6
+    # gradients flow only into the perturbation: the weights get none
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_pgd_spends_k_gradient_passes_plus_the_clean_check_and_the_final_verdict():
+    from advrep.attacks import run_attack
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.rand(64, 3, 4, 4)
+    with torch.no_grad():
+        y = net(x).argmax(1)  # all correct at x
+    model = _Counting(net)
+    k = 7
+    r = run_attack("pgd", model, x, y, eps=1e-6, steps=k)  # nothing can break: every sample runs all k steps
+    assert not r.success.any()
+    # clean check (no graph), k forward+backward passes on the whole batch, one verdict at the final iterate
+    assert model.forwards == [(64, False)] + [(64, True)] * k + [(64, False)]
+    assert model.backward_passes == k
+    assert r.model_calls.tolist() == [k + 1] * 64
+    assert torch.equal(r.success, model.model(r.x_adv).argmax(1) != y)

@@ -140,16 +140,47 @@ def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     else:
         delta = torch.zeros_like(x)
     x = x.detach()
+    delta = delta.detach()  # a fresh tensor in every branch above: updated in place below
+    # Per step this does exactly the arithmetic of the plain form
+    #   delta <- clamp_box(x, project(delta + alpha * steepest_ascent(grad), eps)),  x_adv = x + delta
+    # (the same floating-point operations in the same order, so bit-for-bit the same iterates), but in place in
+    # two perturbation buffers used in turn, with the broadcast eps/alpha tensors built once and the gradient taken
+    # with respect to the iterate itself.  Fresh full-size temporaries are what made the plain form slow: on CPU
+    # each one costs page faults as the allocator hands memory back to the system and asks for it again.
+    e = _per_sample(eps, x)
+    neg_e = -e
+    linf = norm == "linf"
+    const_alpha = None if callable(alpha) else _step_factor(alpha, x)
+    spare = torch.empty_like(delta)
+    direction = torch.empty_like(delta) if linf else None
+    z = x + delta
     for step in range(steps):
-        delta = delta.detach().requires_grad_(True)
-        loss = loss_fn(x + delta)
-        (grad,) = torch.autograd.grad(loss.sum(), delta)
-        a = alpha(step) if callable(alpha) else alpha
-        delta = delta.detach() + _per_sample(a, x) * steepest_ascent(grad, norm)
-        delta = clamp_box(x, project(delta, eps, norm))
+        z = z.detach().requires_grad_(True)  # a new leaf (the tensor on_step saw is left alone)
+        loss = loss_fn(z)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+        a = const_alpha if const_alpha is not None else _step_factor(alpha(step), x)
+        if linf:  # a * sign(g) is exact, so the fused multiply-add rounds once, as delta + a * sign(g) does
+            torch.sign(grad, out=direction)
+            if isinstance(a, torch.Tensor):
+                delta.addcmul_(a, direction)
+            else:
+                delta.add_(direction, alpha=a)
+            torch.maximum(torch.minimum(delta, e, out=delta), neg_e, out=delta)  # project
+        else:
+            delta.add_(steepest_ascent(grad, norm).mul_(a))
+            delta = project(delta, e, norm)
+        delta, spare = torch.add(x, delta, out=spare).clamp_(0.0, 1.0).sub_(x), delta  # clamp_box
+        z = x + delta
         if on_step is not None:
-            on_step(step, x + delta)
-    return (x + delta).detach()
+            on_step(step, z)
+    return z.detach()
+
+
+def _step_factor(a, x: torch.Tensor):
+    """A step size as a Python float (a plain number) or a broadcastable (B, 1, ...) tensor (anything else)."""
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return float(torch.tensor(a, dtype=x.dtype))  # the value the plain form multiplies by
+    return _per_sample(a, x)
 
 
 def margin(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
