@@ -76,14 +76,9 @@ def test_eval_mode_restores_and_counter_counts():
 
 def _plain_maximize(loss_fn, x, *, eps, alpha, steps, norm, init, generator=None):
     """The textbook loop, written out literally (one fresh tensor per operation): the reference for maximize."""
-    from advrep.attacks.core import _per_sample
+    from advrep.attacks.core import _per_sample, start_delta
 
-    if isinstance(init, torch.Tensor):
-        delta = clamp_box(x, project(init, eps, norm))
-    elif init == "random":
-        delta = random_start(x, eps, norm, generator)
-    else:
-        delta = torch.zeros_like(x)
+    delta = start_delta(x, eps, norm, init, generator)
     for step in range(steps):
         delta = delta.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_fn(x + delta).sum(), delta)

@@ -121,6 +121,17 @@ def misclassified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
         return model(x).argmax(1) != y
 
 
+def start_delta(x: torch.Tensor, eps, norm: str, init: torch.Tensor | str | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The first perturbation of an iterative attack: ``init`` projected into the ball and box (a tensor), a random
+    start (``"random"``), or zero (``None``/``"zero"``)."""
+    if isinstance(init, torch.Tensor):
+        return clamp_box(x, project(init, eps, norm))
+    if init == "random":
+        return random_start(x, eps, norm, generator)
+    return torch.zeros_like(x)
+
+
 def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps, alpha, steps: int,
              norm: str = "linf", init: torch.Tensor | str | None = "random",
              generator: torch.Generator | None = None,
@@ -133,12 +144,7 @@ def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     The caller decides train/eval mode; gradients flow only into the perturbation.
     """
     check_norm(norm)
-    if isinstance(init, torch.Tensor):
-        delta = clamp_box(x, project(init, eps, norm))
-    elif init == "random":
-        delta = random_start(x, eps, norm, generator)
-    else:
-        delta = torch.zeros_like(x)
+    delta = start_delta(x, eps, norm, init, generator)
     x = x.detach()
     delta = delta.detach()  # a fresh tensor in every branch above: updated in place below
     # Per step this does exactly the arithmetic of the plain form
