@@ -500,3 +500,55 @@ def test_worst_case_is_the_or_of_the_attacks(mlp, batch):
     fast = worst_case(mlp, x, y, det, eps=eps)
     assert (fast.success != det_union).sum() <= 1
     assert torch.equal(fast.success, _success(mlp, fast.x_adv, y))
+
+
+class _ForwardLog(nn.Module):
+    """Records the batch of every forward call (to count the clean checks: calls on exactly ``x``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, z):
+        self.inputs.append(z.detach().clone())
+        return self.model(z)
+
+    def clean_calls(self, x):
+        return sum(1 for z in self.inputs if z.shape == x.shape and torch.equal(z, x))
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm", "gama_pgd", "square"])
+def test_a_given_clean_verdict_saves_the_clean_check_and_changes_nothing(mlp, mixed, name):
+    x, y = mixed
+    ok = _correct(mlp, x, y)
+    params = {**FAST[name], "seed": 3}
+    log = _ForwardLog(mlp)
+    ref = run_attack(name, log, x, y, eps=EPS["linf"], **params)
+    n_ref, clean_ref = len(log.inputs), log.clean_calls(x)
+    log.inputs.clear()
+    got = run_attack(name, log, x, y, eps=EPS["linf"], clean_correct=ok, **params)
+    assert clean_ref == 1 and log.clean_calls(x) == 0  # the clean pass is the one forward saved
+    assert len(log.inputs) == n_ref - 1
+    assert torch.equal(got.x_adv, ref.x_adv) and torch.equal(got.success, ref.success)
+    assert torch.equal(got.model_calls, ref.model_calls)
+    assert got.success[~ok].all() and (got.model_calls[~ok] == 0).all()
+
+
+def test_clean_verdict_is_checked_for_shape_and_type(mlp, batch):
+    x, y = batch[0][:8], batch[1][:8]
+    for bad in (torch.ones(7, dtype=torch.bool), torch.ones(8, dtype=torch.long)):
+        with pytest.raises(ValueError, match="clean_correct"):
+            run_attack("pgd", mlp, x, y, eps=0.1, clean_correct=bad)
+
+
+def test_worst_case_takes_the_clean_verdict_once(mlp, mixed):
+    x, y = mixed
+    attacks = [("pgd", {"steps": 3}), ("fgsm", {}), ("pgd", {"steps": 3, "alpha": 0.05, "seed": 2})]
+    log = _ForwardLog(mlp)
+    wc = worst_case(log, x, y, attacks, eps=EPS["linf"], skip_broken=False)
+    assert log.clean_calls(x) == 1
+    singles = [run_attack(n, mlp, x, y, eps=EPS["linf"], **p) for n, p in attacks]
+    assert torch.equal(wc.success, torch.stack([s.success for s in singles]).any(0))
+    log.inputs.clear()
+    worst_case(log, x, y, attacks, eps=EPS["linf"], clean_correct=_correct(mlp, x, y))
+    assert log.clean_calls(x) == 0

@@ -5,7 +5,10 @@ Contract of ``Attack.__call__(x, y) -> AttackResult`` (and of :func:`run_attack`
 * ``x`` in [0, 1], shape (B, ...); the model carries its own normalisation and is attacked in eval mode
   (:func:`~advrep.attacks.core.eval_mode`); its previous mode is restored afterwards.
 * A sample already misclassified at ``x`` is a success with ``x_adv = x`` and 0 model calls; only the others are
-  handed to the attack proper (:meth:`Attack._run`).
+  handed to the attack proper (:meth:`Attack._run`).  That clean check costs one forward pass of the batch; a caller
+  that already has the model's verdict at ``x`` (an evaluation computes it once for all its attacks) passes it as
+  ``clean_correct`` ((B,) bool, the eval-mode prediction at ``x`` equals ``y``) and the pass is not repeated.  It is
+  trusted: a sample marked misclassified is returned at ``x`` as a success without a look at the model.
 * ``x_adv`` is always within ``eps`` of ``x`` in the attack's norm and inside [0, 1]: whatever an attack returns is
   projected onto the ball and the box once more (a no-op for a feasible point), and ``success`` is the model's
   verdict at exactly that ``x_adv`` (``prediction != y``): attacks that evaluated the model at every point they
@@ -41,13 +44,14 @@ def register(cls):
 
 
 def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, norm: str = "linf",
-               **params) -> AttackResult:
-    """Run the registered attack ``name`` with its parameters ``params`` at radius ``eps`` in ``norm``."""
+               clean_correct: torch.Tensor | None = None, **params) -> AttackResult:
+    """Run the registered attack ``name`` with its parameters ``params`` at radius ``eps`` in ``norm``
+    (``clean_correct``: the model's verdict at ``x`` when the caller has it, see the module docstring)."""
     try:
         cls = ATTACKS[name]
     except KeyError:
         raise KeyError(f"unknown attack {name!r}; known: {sorted(ATTACKS)}") from None
-    return cls(model, eps=eps, norm=norm, **params)(x, y)
+    return cls(model, eps=eps, norm=norm, **params)(x, y, clean_correct=clean_correct)
 
 
 @contextlib.contextmanager
@@ -93,17 +97,26 @@ class Attack:
         raise NotImplementedError
 
     # -- the contract ----------------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor | None = None
+                 ) -> AttackResult:
         x = x.detach()
         y = y.detach().to(x.device)
         if x.ndim < 2 or y.shape != (x.shape[0],):
             raise ValueError("x must be (B, ...) and y (B,)")
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError("inputs must lie in [0, 1]")
+        if clean_correct is not None:
+            clean_correct = torch.as_tensor(clean_correct, device=x.device)
+            if clean_correct.shape != y.shape or clean_correct.dtype != torch.bool:
+                raise ValueError(f"clean_correct must be a bool tensor of shape {tuple(y.shape)} (the model's verdict "
+                                 f"at x), got {clean_correct.dtype} {tuple(clean_correct.shape)}")
         eps = eps_vector(self.eps, x)
         with eval_mode(self.model), seeded(self.seed, x.device):
-            with torch.no_grad():
-                todo = self.model(x).argmax(1) == y
+            if clean_correct is None:
+                with torch.no_grad():
+                    todo = self.model(x).argmax(1) == y
+            else:
+                todo = clean_correct.clone()
             x_adv = x.clone()
             calls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             success = ~todo  # misclassified at x: success, 0 calls

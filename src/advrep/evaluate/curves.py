@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attacks.core import eval_mode
 from ..attacks.ensemble import worst_case
 
 
@@ -37,6 +38,9 @@ def robust_accuracy_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_l
     xs = x.repeat(k, *([1] * (x.ndim - 1)))
     ys = y.repeat(k)
     es = torch.tensor(eps_list, dtype=x.dtype, device=x.device).repeat_interleave(n)
+    with eval_mode(model), torch.no_grad():  # the clean verdict once, shared by every copy and every attack
+        correct = torch.cat([model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]
+                             for s in range(0, n, batch_size)]).repeat(k)
     ok = torch.empty(k * n, dtype=torch.bool, device=x.device)
     for s in range(0, k * n, batch_size):
         sl = slice(s, s + batch_size)
@@ -48,8 +52,6 @@ def robust_accuracy_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_l
             if "alpha_per_eps" in params:
                 params["alpha"] = float(params.pop("alpha_per_eps")) * e
             concrete.append((name, params))
-        res = worst_case(model, xs[sl], ys[sl], concrete, eps=e, norm=norm)
-        with torch.no_grad():
-            clean_wrong = model(xs[sl]).argmax(1) != ys[sl]
-        ok[sl] = ~(res.success & ~zero) & ~clean_wrong
+        res = worst_case(model, xs[sl], ys[sl], concrete, eps=e, norm=norm, clean_correct=correct[sl])
+        ok[sl] = ~(res.success & ~zero) & correct[sl]
     return ok.view(k, n).cpu().numpy()

@@ -162,7 +162,7 @@ def evaluate_per_sample(model: nn.Module, loader_or_tensors, *, attacks: Sequenc
         add("clean_correct", pred == y)
         worst = torch.zeros(n, dtype=torch.bool, device=dev)
         for label, name, params in attacks:
-            r = run_attack(name, model, x, y, eps=eps, norm=norm, **dict(params))
+            r = run_attack(name, model, x, y, eps=eps, norm=norm, clean_correct=pred == y, **dict(params))
             add(SUCCESS + label, r.success)
             add(CALLS + label, r.model_calls)
             worst |= r.success.to(dev)
