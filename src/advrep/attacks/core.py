@@ -142,6 +142,11 @@ def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     (uniform in the ball), ``None``/``"zero"`` (start at x) or a starting perturbation.  Each iterate stays inside the
     eps-ball and [0, 1].  ``on_step(step, x_adv)`` is called after every step (e.g. to record per-sample success).
     The caller decides train/eval mode; gradients flow only into the perturbation.
+
+    Under fp16 autocast (e.g. inside a mixed-precision training step), samples whose input gradient underflowed in
+    the fp16 backward pass get it recomputed from a loss scaled by a power of two (see :func:`_input_grad`); the
+    step direction does not depend on the gradient's scale.  Without fp16 autocast the gradient is exactly
+    ``autograd.grad(loss.sum(), x_adv)``.
     """
     check_norm(norm)
     delta = start_delta(x, eps, norm, init, generator)
@@ -162,8 +167,7 @@ def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     z = x + delta
     for step in range(steps):
         z = z.detach().requires_grad_(True)  # a new leaf (the tensor on_step saw is left alone)
-        loss = loss_fn(z)
-        (grad,) = torch.autograd.grad(loss.sum(), z)
+        grad = _input_grad(loss_fn(z), z)  # no reference kept: the graph is freed here
         a = const_alpha if const_alpha is not None else _step_factor(alpha(step), x)
         if linf:  # a * sign(g) is exact, so the fused multiply-add rounds once, as delta + a * sign(g) does
             torch.sign(grad, out=direction)
@@ -180,6 +184,72 @@ def maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
         if on_step is not None:
             on_step(step, z)
     return z.detach()
+
+
+# fp16 autocast and input gradients.  Under fp16 autocast the backward pass through the model's fp16 layers
+# (convolutions, linear layers) is computed in fp16, whose smallest positive (subnormal) number is 2**-24 ~ 6e-8
+# and smallest normal one 2**-14 ~ 6e-5.  The input gradient of a confidently classified sample is tiny (for the
+# cross-entropy it is proportional to 1 - p_y ~ exp(-margin)), so from a logit margin of about 17 it underflows to
+# exactly 0 in fp16 although float32 still resolves it: sign(0) = 0 and PGD does not move that sample.  GradScaler
+# does not help, as it scales only the training loss, not the attack's.
+_FP16_SMALL = 2.0 ** -14  # fp16's smallest normal number: a row whose largest entry is below it lost precision
+_FP16_FIRST_SCALE = 2.0 ** 24  # 1 / fp16's smallest subnormal
+_FP16_UP, _FP16_DOWN = 2.0 ** 24, 2.0 ** -12  # next factor for rows still too small / for rows that overflowed
+_FP16_MAX_PASSES = 3  # extra backward passes per step at most (scales 2**24, then 2**12 or 2**48, then ...)
+
+
+def _fp16_autocast(device_type: str) -> bool:
+    """Whether fp16 (not bf16, which has float32's exponent range) autocast is on for ``device_type`` now."""
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+
+def _row_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _input_grad(loss: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``d loss.sum() / dz`` for the (B,) per-sample ``loss``, up to a positive factor per sample under fp16 autocast.
+
+    Without fp16 autocast: exactly ``torch.autograd.grad(loss.sum(), z)`` (so the iterates of :func:`maximize` are
+    unchanged bit for bit).  Under fp16 autocast the unscaled gradient is taken first (graph retained).  Rows (samples)
+    whose largest entry is below fp16's normal range (all zeros after underflow, or subnormal) are recomputed from
+    the gradient of ``s * loss.sum()`` with ``s = 2**24``; a row of that which overflows (inf/NaN) is retried with a
+    smaller factor (``s / 2**12``), a finite row still below the normal range with a larger one (``s * 2**24``), for
+    at most three extra passes.  Each row keeps the last finite value it got; a row never finite keeps its
+    unscaled value (the behaviour before this rescue).
+
+    Why this is safe: (1) a factor multiplies the *whole* summed loss, so every row of the scaled gradient is the
+    same positive multiple of that row of the true gradient, also when samples interact (BatchNorm in train mode);
+    per-sample factors would instead mix the other samples' terms in with changed weights.  Rows from passes with
+    different factors can be combined because only each row's direction is used.  (2) :func:`maximize` uses only
+    that direction (sign for L-inf, g/||g||_2 for L2), which a positive factor does not change, and a power of two is
+    applied exactly in floating point.  (3) A row is replaced only by a finite one, so an overflow never reaches the
+    iterate.  (4) The factors stay far below float32's range (at most 2**72), so float32 parts of the backward pass
+    (the loss, casts) stay finite; if ``loss`` is itself fp16, 2**24 overflows there and the retry with 2**12 takes
+    over.  Cost: extra backward passes only in steps where some sample's gradient is below fp16's normal range
+    (underflowed, or genuinely zero, e.g. a saturated loss: then in vain); none otherwise.
+    Limit: gradients below ~2**-96 (cross-entropy margins beyond ~65, close to where float32 underflows too) stay 0.
+    """
+    total = loss.sum()
+    if not _fp16_autocast(z.device.type):
+        (grad,) = torch.autograd.grad(total, z)
+        return grad
+    (grad,) = torch.autograd.grad(total, z, retain_graph=True)
+    pending = grad.detach().flatten(1).abs().amax(1) < _FP16_SMALL  # NaN rows compare False: left alone
+    scale = _FP16_FIRST_SCALE
+    for p in range(_FP16_MAX_PASSES):
+        if not bool(pending.any()):
+            break
+        (scaled,) = torch.autograd.grad(total * scale, z, retain_graph=p + 1 < _FP16_MAX_PASSES)
+        finite = torch.isfinite(scaled).flatten(1).all(1)
+        take = pending & finite
+        grad = torch.where(_row_view(take, grad), scaled, grad)
+        overflow = pending & ~finite
+        if bool(overflow.any()):  # first give the rows without any usable gradient a smaller factor
+            pending, scale = overflow, scale * _FP16_DOWN
+        else:
+            pending, scale = take & (scaled.flatten(1).abs().amax(1) < _FP16_SMALL), scale * _FP16_UP
+    return grad
 
 
 def _step_factor(a, x: torch.Tensor):

@@ -10,6 +10,14 @@ seed likewise); in-loop augmentation uses its own seed per ``(seed, epoch, batch
 numbers depend only on the seed and the epoch, never on what ran before (validation, callbacks, a resume).  The RNG
 states are also checkpointed and restored on resume.  On CPU a resumed run therefore reproduces the uninterrupted
 one bit for bit; on CUDA, kernels are not bitwise deterministic unless the caller enables deterministic algorithms.
+
+Mixed precision (``amp``, see :func:`resolve_amp`): the objective's forward pass (including an adversarial inner
+loop) and validation run under ``torch.autocast``; the weights and the optimizer state stay in float32 (and autocast
+computes losses such as the cross-entropy in float32).  ``"auto"`` turns it on on CUDA only (bf16 where supported,
+else fp16).  ``"bf16"`` and ``"fp16"`` may be asked for explicitly on CUDA or on the CPU (CPU autocast supports
+both); fp16 always comes with a ``torch.amp.GradScaler`` for the device, whose state is checkpointed and restored on
+resume, so an fp16 run resumes bit for bit on CPU like an fp32 one.  On CPU, mixed precision is mainly a way to
+exercise (and test) this path on machines without a GPU: it is not expected to be faster than float32 there.
 """
 
 from __future__ import annotations
@@ -113,21 +121,33 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_AMP_DEVICES = ("cuda", "cpu")  # device types on which an explicit bf16/fp16 request is honoured
+
+
 def resolve_amp(amp, device: torch.device) -> torch.dtype | None:
-    """``"auto"``: bf16 on CUDA where supported, else fp16 (with a GradScaler); off on CPU.  ``"bf16"``/``"fp16"``
-    force a type (CUDA only); ``"off"``/``None``/``False`` disable."""
+    """The autocast dtype for ``amp`` on ``device``, or None (mixed precision off).
+
+    ``"auto"``: on CUDA bf16 where supported, else fp16 (with a GradScaler); off on every other device (CPU
+    included).  ``"bf16"``/``"bfloat16"`` and ``"fp16"``/``"float16"`` force that type on CUDA or on the CPU (torch's
+    CPU autocast supports both, and fp16 gets a ``GradScaler("cpu")``); any other device raises.
+    ``"off"``/``"none"``/``"fp32"``/``None``/``False`` disable.  Anything else raises a ValueError naming the
+    allowed values.
+    """
     if amp in (None, False, "off", "none", "fp32"):
         return None
     if amp == "auto":
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {amp!r}")
-    if device.type != "cuda":
-        raise ValueError(f"mixed precision ({amp}) is only used on CUDA; this run is on {device} (use amp='auto')")
-    return dtypes[amp]
+    if not isinstance(amp, str) or amp not in _AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(repr(c) for c in AMP_CHOICES)} (or None/False to disable; "
+                         f"'bfloat16'/'float16' are accepted too), got {amp!r}")
+    if device.type not in _AMP_DEVICES:
+        raise ValueError(f"mixed precision ({amp}) is supported on CUDA and CPU only; this run is on {device} "
+                         "(use amp='auto' or 'off')")
+    return _AMP_DTYPES[amp]
 
 
 def seed_everything(seed: int) -> None:
@@ -256,7 +276,11 @@ def fit(model: nn.Module, train_loader, *, objective, epochs: int, optimizer, sc
     from it (a checkpoint of a finished run just returns).  At the end ``checkpoint_dir/final.pt`` holds the
     evaluation weights (``"model"``: EMA weights when enabled) and the history: a Snakemake rule should declare
     ``final.pt`` as its output, never ``last.pt`` (Snakemake deletes the outputs of a failed job).
-    ``device="auto"``: CUDA when available; ``amp="auto"``: mixed precision on CUDA only (see :func:`resolve_amp`).
+    ``device="auto"``: CUDA when available.  ``amp``: ``"auto"`` (default) is mixed precision on CUDA only (bf16
+    where supported, else fp16); ``"bf16"`` or ``"fp16"`` force it, on CUDA or on the CPU; ``"off"``/None disable
+    (see :func:`resolve_amp`).  With fp16 a ``torch.amp.GradScaler`` scales the loss; its state is checkpointed and
+    restored on resume.  The type used is recorded as ``"bf16"``/``"fp16"``/None in ``TrainResult.amp`` and under
+    ``"amp"`` in ``last.pt`` and ``final.pt``.
     """
     if epochs < 0:
         raise ValueError("epochs must be >= 0")
@@ -288,7 +312,8 @@ def fit(model: nn.Module, train_loader, *, objective, epochs: int, optimizer, sc
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=dev)
         _restore(state, ckpt_path, seed=seed, steps_per_epoch=steps_per_epoch, epochs=epochs, model=model,
-                 optimizer=optimizer, schedule=schedule, ema=ema, scaler=scaler, objective=objective)
+                 optimizer=optimizer, schedule=schedule, ema=ema, scaler=scaler, objective=objective,
+                 amp_name=amp_name)
         start_epoch = resumed_from = int(state["epoch"])
         history = [dict(r) for r in state["history"]]
         logger.info("resuming from %s: %d of %d epochs done", ckpt_path, start_epoch, epochs)
@@ -379,7 +404,8 @@ def fit(model: nn.Module, train_loader, *, objective, epochs: int, optimizer, sc
                        checkpoint=ckpt_path, final=final_path, resumed_from=resumed_from)
 
 
-def _restore(state, path, *, seed, steps_per_epoch, epochs, model, optimizer, schedule, ema, scaler, objective):
+def _restore(state, path, *, seed, steps_per_epoch, epochs, model, optimizer, schedule, ema, scaler, objective,
+             amp_name=None):
     delete = f"Delete {path} to restart from scratch."
     if int(state.get("seed", -1)) != seed:
         raise CheckpointError(f"{path} was written by a run with seed {state.get('seed')}, this run has seed {seed}; "
@@ -390,6 +416,9 @@ def _restore(state, path, *, seed, steps_per_epoch, epochs, model, optimizer, sc
     if int(state.get("epochs", epochs)) != epochs:
         logger.warning("%s was written for %s epochs, continuing to %d (the lr schedule changes)", path,
                        state.get("epochs"), epochs)
+    if "amp" in state and state["amp"] != amp_name:
+        logger.warning("%s was written with mixed precision %s, this run uses %s: the resumed run will not match "
+                       "an uninterrupted one", path, state["amp"], amp_name)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -399,8 +428,11 @@ def _restore(state, path, *, seed, steps_per_epoch, epochs, model, optimizer, sc
             if state.get("ema") is None:
                 raise KeyError("the checkpoint has no EMA state but this run uses EMA")
             ema.load_state_dict(state["ema"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
+        if scaler is not None:
+            if state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])  # loss scale and growth tracker of the interrupted run
+            else:
+                logger.warning("%s has no GradScaler state: fp16 loss scaling starts afresh", path)
         objective.load_state_dict(state.get("objective") or {})
         set_rng_state(state["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
