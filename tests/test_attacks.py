@@ -552,3 +552,50 @@ def test_worst_case_takes_the_clean_verdict_once(mlp, mixed):
     log.inputs.clear()
     worst_case(log, x, y, attacks, eps=EPS["linf"], clean_correct=_correct(mlp, x, y))
     assert log.clean_calls(x) == 0
+
+
+def test_boundary_finds_a_start_where_noise_blending_fails(mlp, batch, monkeypatch):
+    """On adversarially trained models foolbox's noise-blending initialisation can fail; the wrapper then starts
+    from the nearest other-class image of the batch moved towards x by bisection, so those samples are attacked."""
+    import foolbox as fb
+
+    x, y = batch[0][:24], batch[1][:24]
+    ok = _correct(mlp, x, y)
+    real_run = fb.attacks.LinearSearchBlendedUniformNoiseAttack.run
+    monkeypatch.setattr(fb.attacks.LinearSearchBlendedUniformNoiseAttack, "run",
+                        lambda self, model, inputs, criterion, **kw: inputs)  # no start for anybody
+    attack = ATTACKS["boundary"](mlp, eps=100.0, norm="l2", steps=50)
+    far = attack(x, y)  # eps so large that any adversarial start counts: every correct sample must break
+    assert attack.no_start == 0 and far.success.all()
+    assert torch.equal(far.success, _success(mlp, far.x_adv, y))
+    # the bisection brought the start closer than the other-class image it began from
+    flat = x.flatten(1)
+    other = torch.cdist(flat, flat).masked_fill(y.view(-1, 1) == y.view(1, -1), float("inf")).amin(1)
+    assert (lp_norm(far.x_adv - x, "l2")[ok] < other[ok]).all()
+    # a batch of one class has no other-class image: the sample stays unbroken, and the wrapper says so
+    one = y == y[ok][0]
+    attack = ATTACKS["boundary"](mlp, eps=100.0, norm="l2", steps=20)
+    r = attack(x[one], y[one])
+    assert attack.no_start == int((ok & one).sum()) and not r.success[ok[one]].any()
+    # with a fair radius it is an attack like the one from foolbox's own start (same order of success)
+    fallback = run_attack("boundary", mlp, x, y, eps=1.5, norm="l2", steps=300, seed=5)
+    monkeypatch.setattr(fb.attacks.LinearSearchBlendedUniformNoiseAttack, "run", real_run)
+    normal = run_attack("boundary", mlp, x, y, eps=1.5, norm="l2", steps=300, seed=5)
+    assert fallback.success[ok].any() and abs(fallback.success.float().mean() - normal.success.float().mean()) <= 0.2
+
+
+def test_cw_l2_leaves_samples_it_cannot_break_at_x(mlp, batch):
+    """foolbox returns an all-zero image where CW found no adversarial at all; the wrapper keeps x there (projected
+    onto the ball, the black image would be a point at distance eps that means nothing)."""
+    import foolbox as fb
+
+    x, y = batch[0][:64], batch[1][:64]
+    params = dict(binary_search_steps=3, steps=20)
+    r = run_attack("cw_l2", mlp, x, y, eps=EPS["l2"], norm="l2", **params)
+    ok = _correct(mlp, x, y)
+    raw = fb.attacks.L2CarliniWagnerAttack(**params).run(fb.PyTorchModel(mlp, bounds=(0, 1)), x[ok],
+                                                         fb.criteria.Misclassification(y[ok]))
+    nothing = raw.flatten(1).abs().amax(1) == 0  # foolbox's placeholder: no adversarial found
+    assert nothing.any() and (~nothing).any()
+    rows = ok.nonzero().squeeze(1)[nothing]
+    assert torch.equal(r.x_adv[rows], x[rows]) and not r.success[rows].any()

@@ -52,6 +52,11 @@ class CarliniWagnerL2(Attack):
             binary_search_steps=self.binary_search_steps, steps=self.steps, stepsize=self.stepsize,
             confidence=self.confidence, initial_const=self.initial_const, abort_early=self.abort_early)
         raw = attack.run(fb.PyTorchModel(mon, bounds=(0, 1), device=x.device), x, fb.criteria.Misclassification(y))
+        # foolbox leaves an all-zero image where it found no adversarial: such a sample stays at x (the base class
+        # would otherwise project the black image onto the ball and return a point that means nothing; for x black
+        # itself the two are the same)
+        nothing = (raw.flatten(1) == 0).all(1)
+        raw = torch.where(nothing.view(-1, *([1] * (x.ndim - 1))), x, raw)
         return mon.combine(raw)
 
 
@@ -61,20 +66,26 @@ class Boundary(Attack):
     Reliable Attacks Against Black-Box Machine Learning Models", ICLR 2018), from foolbox (``BoundaryAttack``;
     defaults are foolbox's: 25000 steps, spherical and source steps 0.01, step adaptation 1.5).
 
-    Starting points come from foolbox's default initialisation, ``LinearSearchBlendedUniformNoiseAttack(steps=50)``;
-    a sample for which it finds no adversarial is left unbroken (foolbox would raise for the whole batch).  The
-    minimal adversarial found is projected onto the eps-ball."""
+    Starting points come from foolbox's default initialisation, ``LinearSearchBlendedUniformNoiseAttack(steps=50)``.
+    Where blending with noise never changes the prediction (it happens on adversarially trained models), the start is
+    the nearest other image of the batch that the model assigns to another class, moved towards ``x`` by bisection
+    on the segment between them (``fallback_steps`` forwards; what foolbox's ``DatasetAttack`` would give, without a
+    second dataset); a sample with neither (a batch of one class) is left unbroken, and ``self.no_start`` counts such
+    samples of the last call.  The minimal adversarial found is projected onto the eps-ball."""
 
     name = "boundary"
     norms = ("l2",)
 
     def __init__(self, model, *, eps, norm="l2", steps: int = 25000, spherical_step: float = 0.01,
                  source_step: float = 0.01, source_step_convergance: float = 1e-7, step_adaptation: float = 1.5,
-                 update_stats_every_k: int = 10, init_steps: int = 50, seed: int | None = 0):
+                 update_stats_every_k: int = 10, init_steps: int = 50, fallback_steps: int = 10,
+                 seed: int | None = 0):
         super().__init__(model, eps=eps, norm=norm, seed=seed)
         self.steps, self.spherical_step, self.source_step = steps, spherical_step, source_step
         self.source_step_convergance, self.step_adaptation = source_step_convergance, step_adaptation
         self.update_stats_every_k, self.init_steps = update_stats_every_k, init_steps
+        self.fallback_steps = fallback_steps
+        self.no_start = 0
 
     def _run(self, x, y, eps):
         fb = _foolbox()
@@ -84,6 +95,9 @@ class Boundary(Attack):
         start = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=self.init_steps).run(fmodel, x, crit)
         with torch.no_grad():
             ok = mon(start).argmax(1) != y
+            if not bool(ok.all()):
+                start, ok = self._batch_starts(mon, x, y, start, ok)
+        self.no_start = int((~ok).sum())
         x_adv, calls = mon.combine(start)
         if ok.any():
             rows = ok.nonzero().squeeze(1)
@@ -100,6 +114,34 @@ class Boundary(Attack):
             x_adv[rows] = torch.where(mask, x_adv[rows], xa2)
             calls[rows] = torch.where(keep, calls[rows], mon.calls + c2)
         return x_adv, calls
+
+    def _batch_starts(self, mon, x, y, start, ok):
+        """Starting points for the rows without one (``~ok``): the nearest (L2) image of the batch that the model
+        assigns to a class other than the row's label, then bisection towards ``x`` on the segment between them,
+        keeping the point adversarial.  Every sample handed to ``_run`` is classified correctly, so its label is
+        the model's prediction and any other-label image is a valid start."""
+        miss = (~ok).nonzero().squeeze(1)
+        flat = x.flatten(1)
+        dist = torch.cdist(flat[miss], flat)
+        dist[y[miss].view(-1, 1) == y.view(1, -1)] = float("inf")  # same class: not adversarial for the row
+        d, j = dist.min(1)
+        has = torch.isfinite(d)
+        if not bool(has.any()):
+            return start, ok
+        rows, src = miss[has], j[has]
+        view = (-1,) + (1,) * (x.ndim - 1)
+        lo = torch.zeros(rows.numel(), dtype=x.dtype, device=x.device)  # fraction of the way to the other image
+        hi = torch.ones_like(lo)  # at hi the blend is adversarial (hi = 1: the other image itself)
+        for _ in range(self.fallback_steps):
+            mid = (lo + hi) / 2
+            cand = x[rows] + mid.view(view) * (x[src] - x[rows])
+            adv = mon(cand).argmax(1) != y[rows]  # counted: a model call spent on finding a start
+            hi, lo = torch.where(adv, mid, hi), torch.where(adv, lo, mid)
+        start = start.clone()
+        start[rows] = (x[rows] + hi.view(view) * (x[src] - x[rows])).clamp(0.0, 1.0)
+        ok = ok.clone()
+        ok[rows] = mon(start[rows]).argmax(1) != y[rows]  # hi = 1 is (up to rounding) another image: adversarial
+        return start, ok
 
 
 @register
