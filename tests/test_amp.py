@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import advrep.attacks.core as core
 from advrep.attacks.core import lp_norm, maximize
-from advrep.train import PGDAT, EpochContext, Hook, evaluate, fit, make_objective, resolve_amp
+from advrep.train import PGDAT, EpochContext, Hook, evaluate, fit, resolve_amp
 from advrep.train.checkpoint import load_checkpoint
-from conftest import digits01
+from conftest import Killed, ce_input_grad, digits01, killed_at, small_cnn, tensor_loader
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,14 +27,7 @@ def digits():
     return digits01()
 
 
-def cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 64, 10))
-
-
-def loader(x, y, batch_size=64, shuffle=True):
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
+cnn, loader = small_cnn, tensor_loader
 
 
 @contextlib.contextmanager
@@ -127,10 +119,6 @@ def test_fit_under_cpu_autocast_trains_close_to_but_not_equal_to_fp32(digits, tm
 # ---------------------------------------------------------------- fp16: GradScaler state across a kill and resume
 
 
-class Killed(Exception):
-    pass
-
-
 class QuickScaler(torch.amp.GradScaler):
     """A GradScaler that doubles its scale every 2 finite steps (torch's default: 2000): in this short run the scale
     grows from 2**16 until the fp16 gradients overflow, steps are skipped and the scale backs off, so the weights
@@ -168,15 +156,8 @@ def test_fp16_gradscaler_state_is_checkpointed_and_kill_and_resume_is_bit_identi
     assert len(steps) == 12 and steps[0][0] == 2.0 ** 16 and scalers[0]["scale"] > 2.0 ** 16
     assert any(after < before for before, after in steps[4:])
 
-    base = make_objective(pgd)
-
-    def killer(model, xb, yb, c):
-        if c.epoch == 1 and c.batch == 2:
-            raise Killed
-        return base(model, xb, yb, c)
-
     with pytest.raises(Killed):
-        _fp16_setup(x, y, tmp_path / "cut", Hook(killer))
+        _fp16_setup(x, y, tmp_path / "cut", killed_at(pgd, epoch=1, batch=2))
     cut = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert cut["epoch"] == 1 and cut["amp"] == "fp16" and cut["scaler"] == scalers[0]
     resumed = _fp16_setup(x, y, tmp_path / "cut", pgd)
@@ -237,13 +218,7 @@ def confident(digits):
     return model, x, y
 
 
-def _grads(model, x, y, how):
-    z = x.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.float16, enabled=how != "fp32"):
-        loss = F.cross_entropy(model(z), y, reduction="none")
-        if how == "rescued":
-            return core._input_grad(loss, z)
-        return torch.autograd.grad(loss.sum(), z)[0]
+_grads = ce_input_grad
 
 
 def test_fp16_autocast_input_gradients_underflow_and_maximize_rescues_them(confident):

@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import advrep.attacks.core as core
 from advrep.attacks import lp_norm, run_attack, worst_case
-from advrep.train import Hook, fit, make_objective, resolve_amp, resolve_device
+from advrep.train import fit, resolve_amp, resolve_device
 from advrep.train.checkpoint import load_checkpoint
-from conftest import digits01
+from conftest import Killed, ce_input_grad, digits01, killed_at
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -44,10 +43,6 @@ def test_auto_device_and_mixed_precision_choose_cuda():
     assert resolve_amp("fp16", CUDA) is torch.float16 and resolve_amp("off", CUDA) is None
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("amp", ["auto", "fp16"])
 def test_fit_on_cuda_trains_records_amp_and_resumes(digits, tmp_path, amp):
     x, y = digits[0][:512], digits[1][:512]
@@ -68,15 +63,8 @@ def test_fit_on_cuda_trains_records_amp_and_resumes(digits, tmp_path, amp):
     last = load_checkpoint(full.checkpoint, map_location="cpu")
     assert (last["scaler"] is not None) == (name == "fp16")
 
-    base = make_objective(pgd)
-
-    def killer(model, xb, yb, c):
-        if c.epoch == 1 and c.batch == 3:
-            raise Killed
-        return base(model, xb, yb, c)
-
     with pytest.raises(Killed):
-        run(tmp_path / "cut", Hook(killer))
+        run(tmp_path / "cut", killed_at(pgd, epoch=1, batch=3))
     resumed = run(tmp_path / "cut", pgd)
     assert resumed.resumed_from == 1
     a, b = full.model.state_dict(), resumed.model.state_dict()
@@ -149,15 +137,7 @@ def test_fp16_autocast_input_gradient_rescue_on_cuda(trained):
         keep = m(xg).argmax(1) == yg
     xg, yg = xg[keep], yg[keep]
 
-    def grads(how):
-        z = xg.clone().requires_grad_(True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=how != "fp32"):
-            loss = F.cross_entropy(m(z), yg, reduction="none")
-            if how == "rescued":
-                return core._input_grad(loss, z)
-            return torch.autograd.grad(loss.sum(), z)[0]
-
-    g32, g16, rescued = grads("fp32"), grads("fp16"), grads("rescued")
+    g32, g16, rescued = (ce_input_grad(m, xg, yg, how) for how in ("fp32", "fp16", "rescued"))
     zero = lambda g: g.flatten(1).abs().amax(1) == 0  # noqa: E731
     lost = zero(g16) & ~zero(g32)
     if not lost.any():

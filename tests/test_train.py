@@ -18,7 +18,7 @@ from advrep.train import (AWP, OBJECTIVES, PGDAT, TRADES, AugmentedDataset, Chec
                           register_objective, train_step)
 from advrep.train.checkpoint import load_checkpoint
 from advrep.train.loop import IndexedDataset, IndexedSample
-from conftest import digits01
+from conftest import Killed, digits01, small_cnn, tensor_loader
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,7 @@ def mlp(seed=0, act=nn.ReLU):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), act(), nn.Linear(64, 10))
 
 
-def cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 64, 10))
-
-
-def loader(x, y, batch_size=64, shuffle=True):
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
+cnn, loader = small_cnn, tensor_loader
 
 
 def ctx(**kw):
@@ -64,10 +57,6 @@ def test_ce_training_on_digits_reaches_high_train_accuracy(digits, tmp_path):
 
 
 # ---------------------------------------------------------------- resume
-
-
-class Killed(Exception):
-    pass
 
 
 def _resume_setup(x, y, tmp, objective, callbacks=(), indexed=False):
