@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 from . import PAPERS
 
@@ -35,3 +36,38 @@ def download_enabled(data_config: dict, scale: str) -> bool:
     """``data.download: auto`` downloads at reduced and paper scale; smoke runs offline."""
     d = data_config.get("download", "auto")
     return scale != "smoke" if d == "auto" else bool(d)
+
+
+def parse_number(v, key: str = "value"):
+    """A YAML scalar as a number: ints/floats as they are, strings like ``"5e-3"`` (PyYAML reads those as strings)
+    or ``"8/255"`` parsed; other strings returned unchanged (names).  Every paper package reads eps this way."""
+    if isinstance(v, bool) or not isinstance(v, str):
+        return v
+    s = v.strip()
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    if s.count("/") == 1:
+        a, b = s.split("/")
+        try:
+            out = float(a) / float(b)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{key}: cannot read {v!r} as a number") from None
+        if math.isfinite(out):
+            return out
+    return v
+
+
+def number(v, key: str = "value") -> float:
+    """Like :func:`parse_number` but always a float (``"inf"`` included); a name raises ``ValueError``."""
+    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", "infinity"):
+        return math.inf
+    out = parse_number(v, key)
+    if isinstance(out, str) or out is None:
+        raise ValueError(f"{key}: cannot read {v!r} as a number")
+    return float(out)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .context import STREAM_AUGMENT, derive_seed
-from .objectives import _number
+from ..config import parse_number as _number
 
 
 class CropFlip:

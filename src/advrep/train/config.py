@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from .augment import Augment, make_augment
 from .ema import make_ema
 from .loop import TrainResult, fit
-from .objectives import Objective, _number, make_objective
+from ..config import parse_number as _number
+from .objectives import Objective, make_objective
 from .schedules import EpsSchedule, OptimizerSpec, ScheduleSpec, make_eps_schedule, schedule_spec
 
 KEYS = {"epochs", "seed", "batch_size", "optimizer", "schedule", "objective", "augment", "ema", "eps_schedule",

@@ -53,7 +53,7 @@ class EMA:
 
 def make_ema(cfg) -> EMA | None:
     """``None``, a decay (``0.999``), ``{"decay": 0.999}`` or an :class:`EMA`."""
-    from .objectives import _number
+    from ..config import parse_number as _number
 
     if cfg is None or cfg is False or isinstance(cfg, EMA):
         return cfg or None

@@ -25,7 +25,6 @@ checkpoints, so training is reproducible across a resume.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 import torch
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.core import check_norm, eval_mode, maximize, steepest_ascent
+from ..config import parse_number as _number
 from .context import EpochContext
 
 OBJECTIVES: dict[str, type] = {}
@@ -429,28 +429,3 @@ def make_objective(spec) -> Objective:
     if callable(spec):
         return Hook(spec)
     raise TypeError(f"cannot make an objective from {spec!r}")
-
-
-def _number(v, key: str = "value"):
-    """A YAML scalar as a number: ints/floats as they are, strings like ``"5e-3"`` (PyYAML reads those as strings)
-    or ``"8/255"`` parsed; other strings returned unchanged (names)."""
-    if isinstance(v, bool) or not isinstance(v, str):
-        return v
-    s = v.strip()
-    try:
-        return int(s)
-    except ValueError:
-        pass
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    if s.count("/") == 1:
-        a, b = s.split("/")
-        try:
-            out = float(a) / float(b)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"{key}: cannot read {v!r} as a number") from None
-        if math.isfinite(out):
-            return out
-    return v

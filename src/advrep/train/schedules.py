@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .objectives import _number
+from ..config import parse_number as _number
 
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -79,14 +79,9 @@ PAPER_TRAINING = {
 
 def number(v):
     """A config scalar as a float: numbers as they are, strings such as ``"2/255"``, ``"1e-4"`` or ``"inf"``."""
-    from ..train.objectives import _number
+    from ..config import number as _as_float
 
-    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", "infinity"):
-        return math.inf
-    out = _number(v)
-    if isinstance(out, str):
-        raise ValueError(f"cannot read {v!r} as a number")
-    return float(out)
+    return _as_float(v)
 
 
 # --- settings ------------------------------------------------------------------------------------------------------
