@@ -112,6 +112,56 @@ def test_claims(tmp_path, reg):
     assert out.loc["c-small-any", "verdict"] == HOLDS
 
 
+def test_claims_on_the_data_at_hand(tmp_path, reg):
+    """Stand-in cells: the strict verdict stays `not comparable`, `on_this_run` says what the claim gives there."""
+    standin = "digits28:262053304f5f (stand-in for mnist-like 28x28x1)"
+    t4 = _result(tmp_path, "table4", [
+        dict(row="L", column="A", value=0.4, comparable=True, dataset="fashion_mnist:fa466530ec2b"),
+        dict(row="L", column="B", value=0.6, comparable=True, dataset="fashion_mnist:fa466530ec2b"),
+        dict(row="L", column="C", value=0.3, comparable=False, reason="stand-in data", dataset=standin),
+    ])
+    out = audit_claims(reg, Results.from_files([t4])).set_index("id")
+    assert out.loc["c-small", "verdict"] == NOT_COMPARABLE and "stand-in" in out.loc["c-small", "reason"]
+    assert out.loc["c-small", "on_this_run"] == HOLDS  # 0.3 < 1.0 on the stand-in
+    assert out.loc["c-small", "data"] == f"{standin}, scale smoke"
+    # comparable claims: the same answer in both columns, both ways
+    for cid, expected in (("a-below-b", HOLDS), ("a-far-below-b", FAILS), ("c-small-any", HOLDS)):
+        assert out.loc[cid, "verdict"] == out.loc[cid, "on_this_run"] == expected, cid
+    assert out.loc["a-below-b", "data"] == "fashion_mnist:fa466530ec2b, scale smoke"  # both sides' data, once
+
+    # a stand-in cell on which the claim fails, at another scale; and a side not computed: blank
+    t4b = _result(tmp_path, "table4", [
+        dict(row="L", column="A", value=0.4, comparable=True),
+        dict(row="L", column="C", value=1.5, comparable=False, reason="stand-in data", dataset=standin),
+    ], scale="reduced")
+    out = audit_claims(reg, Results.from_files([t4b])).set_index("id")
+    assert out.loc["c-small", "verdict"] == NOT_COMPARABLE and out.loc["c-small", "on_this_run"] == FAILS
+    assert out.loc["c-small", "data"] == f"{standin}, scale reduced"
+    assert out.loc["a-below-b", "verdict"] == NOT_COMPARABLE and "not run yet" in out.loc["a-below-b", "reason"]
+    assert out.loc["a-below-b", "on_this_run"] == "" and out.loc["a-below-b", "data"] == ""
+
+
+def test_summary_lists_claims_on_the_data_at_hand(tmp_path, reg, monkeypatch):
+    import advrep.audit.report as report
+
+    monkeypatch.setattr(report, "load", lambda paper: reg)
+    t4 = _result(tmp_path, "table4", [
+        dict(row="L", column="A", value=0.4, comparable=True),
+        dict(row="L", column="C", value=0.3, comparable=False, reason="stand-in data", dataset="digits28:abc"),
+    ])
+    files = (tmp_path / "lipreg.csv", tmp_path / "lipreg.claims.csv")
+    audit_paper("lipreg", [t4], "smoke", *files)
+    on_disk = pd.read_csv(files[1]).set_index("id")  # the columns survive the CSV round trip
+    assert on_disk.loc["c-small", "verdict"] == NOT_COMPARABLE and on_disk.loc["c-small", "on_this_run"] == HOLDS
+    text = write_summary("smoke", {"lipreg": files}, tmp_path / "summary.md")
+    section = text.split("### Claims on the data at hand (not a replication verdict)\n", 1)[1]
+    assert "2 hold, 0 fail, 2 not computed, of 4" in section
+    row = next(ln for ln in section.splitlines() if ln.startswith("| c-small |"))
+    assert "| holds | digits28:abc, scale smoke |" in row
+    row = next(ln for ln in section.splitlines() if ln.startswith("| a-below-b |"))
+    assert "| not computed |" in row
+
+
 def test_claims_not_run(reg):
     out = audit_claims(reg, Results()).set_index("id")
     assert (out["verdict"] == NOT_COMPARABLE).all()

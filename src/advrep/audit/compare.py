@@ -2,7 +2,9 @@
 
 Verdicts for numbers: ``match`` / ``deviates`` (only where the result cell is comparable: the paper's data and
 settings) or ``not comparable`` with the reason (scale, stand-in data, not run yet).  Claims: ``holds`` / ``fails`` /
-``not comparable``.
+``not comparable``; beside that strict verdict, ``on_this_run`` says what the claim gives on whatever cells were
+computed (stand-in data, smoke settings), with ``data`` naming those cells' datasets and scale: which findings
+transfer to the data at hand, never a replication verdict.
 
 Tolerance (see :func:`tolerance`): deterministic quantities match within one unit of the last printed digit;
 stochastic ones within a stated band (the registry's own ``tolerance`` where given, else the configured band).
@@ -24,7 +26,8 @@ HOLDS, FAILS = "holds", "fails"
 AUDIT_COLUMNS = ["paper", "target", "row", "column", "unit", "kind", "published", "reproduced", "difference",
                  "tolerance", "verdict", "reason", "source", "result_file", "scale", "datasets", "settings_sha256",
                  "seed", "git_commit"]
-CLAIM_COLUMNS = ["paper", "id", "statement", "left", "op", "factor", "right", "verdict", "reason", "source"]
+CLAIM_COLUMNS = ["paper", "id", "statement", "left", "op", "factor", "right", "verdict", "reason", "on_this_run",
+                 "data", "source"]
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -108,32 +111,53 @@ def audit_numbers(reg: Registry, results: Results, scale: str, bands: Bands = Ba
 
 
 def _side(ref, results: Results):
+    """(value, comparable, reason, label, data) of one side of a claim; ``data`` is ``(scale, datasets)`` of a
+    computed cell, None for a plain number or a cell not computed."""
     if isinstance(ref, (int, float)):
-        return float(ref), True, "", str(ref)
-    value, comparable, reason, *_ = results.cell(ref["target"], ref["row"], ref["column"])
+        return float(ref), True, "", str(ref), None
+    value, comparable, reason, prov, _, datasets = results.cell(ref["target"], ref["row"], ref["column"])
     label = f"{ref['target']}[{ref['row']} / {ref['column']}]"
-    return value, comparable, reason, f"{label} = {value:g}" if value is not None else label
+    if value is None:
+        return value, comparable, reason, label, None
+    return value, comparable, reason, f"{label} = {value:g}", (prov.get("scale", ""), datasets)
+
+
+def _data(*sides) -> str:
+    """``"<datasets>, scale <s>"`` of the computed cells a claim compared, each distinct entry once."""
+    parts = []
+    for side in sides:
+        if side is None:
+            continue
+        scale, datasets = side
+        text = f"{datasets or 'datasets not recorded'}, scale {scale or 'not recorded'}"
+        if text not in parts:
+            parts.append(text)
+    return "; ".join(parts)
 
 
 def audit_claims(reg: Registry, results: Results) -> pd.DataFrame:
     """A claim holds/fails only when every cell it names is comparable; otherwise it is not comparable.
 
     A claim marked ``any_data: true`` (an illustration on data the paper does not publish, e.g. a synthetic
-    sample) is evaluated on any computed cells.
+    sample) is evaluated on any computed cells.  ``on_this_run`` is the claim evaluated on the computed cells
+    whatever their data (``holds`` / ``fails``; blank when a side was not computed), ``data`` those cells' datasets
+    and scale; the strict ``verdict`` does not depend on it.
     """
     rows = []
     for c in reg.claims:
         factor = float(c.get("factor", 1.0))
-        lv, lc, lr, ltxt = _side(c["left"], results)
-        rv, rc, rr, rtxt = _side(c["right"], results)
+        lv, lc, lr, ltxt, ldata = _side(c["left"], results)
+        rv, rc, rr, rtxt, rdata = _side(c["right"], results)
         any_data = bool(c.get("any_data", False))
-        usable = lv is not None and rv is not None and ((lc and rc) or any_data)
-        if usable:
-            verdict = HOLDS if _OPS[c["op"]](lv, factor * rv) else FAILS
-            reason = ""
+        computed = lv is not None and rv is not None
+        on_this_run = (HOLDS if _OPS[c["op"]](lv, factor * rv) else FAILS) if computed else ""
+        if computed and ((lc and rc) or any_data):
+            verdict, reason = on_this_run, ""
         else:
             verdict = NOT_COMPARABLE
             reason = "; ".join(dict.fromkeys(r for r in (lr, rr) if r)) or "cells not comparable"  # each once
         rows.append({"paper": reg.paper, "id": c["id"], "statement": c["statement"], "left": ltxt, "op": c["op"],
-                     "factor": factor, "right": rtxt, "verdict": verdict, "reason": reason, "source": c["source"]})
+                     "factor": factor, "right": rtxt, "verdict": verdict, "reason": reason,
+                     "on_this_run": on_this_run, "data": _data(ldata, rdata) if computed else "",
+                     "source": c["source"]})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
-from .compare import NOT_COMPARABLE, Bands, Results, audit_claims, audit_numbers
+from .compare import FAILS, HOLDS, NOT_COMPARABLE, Bands, Results, audit_claims, audit_numbers
 from .registry import load
 
 
@@ -40,7 +40,8 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def summary_markdown(scale: str, audits: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
-    """One page for people: per paper, verdict counts, every comparable number, claims, and why the rest is not."""
+    """One page for people: per paper, verdict counts, every comparable number, claims, and why the rest is not;
+    then each claim on the data at hand (:func:`_on_this_run`)."""
     out = [f"# Audit of the reproduction — scale `{scale}`\n",
            "Verdicts: **match** / **deviates** only where the data and settings are the paper's; otherwise "
            "**not comparable**, with the reason. Deterministic numbers match within one unit of the last printed "
@@ -72,6 +73,26 @@ def summary_markdown(scale: str, audits: dict[str, tuple[pd.DataFrame, pd.DataFr
             out.append(_md_table(grouped))
         out.append("### Claims\n")
         out.append(_md_table(cl[["id", "statement", "left", "op", "factor", "right", "verdict", "reason"]]))
+        out.append(_on_this_run(cl))
+    return "\n".join(out)
+
+
+def _text(col: pd.Series) -> pd.Series:
+    """A text column with blanks as "" (an all-blank column reads back from CSV as float NaN)."""
+    return col.astype(object).where(col.notna(), "")
+
+
+def _on_this_run(cl: pd.DataFrame) -> str:
+    """Each claim evaluated on the cells this run computed, whatever their data: which findings transfer."""
+    out = ["### Claims on the data at hand (not a replication verdict)\n"]
+    if "on_this_run" not in cl:  # a claims file written before this column existed
+        return out[0] + "_not recorded: rerun the audit_paper job_\n"
+    res = _text(cl["on_this_run"])
+    out.append(f"Each claim checked on the cells this run computed, whether or not they are the paper's data and "
+               f"settings (column `verdict` above is the strict one): {int((res == HOLDS).sum())} hold, "
+               f"{int((res == FAILS).sum())} fail, {int((res == '').sum())} not computed, of {len(cl)}.\n")
+    table = cl.assign(on_this_run=res.where(res != "", "not computed"), data=_text(cl["data"]))
+    out.append(_md_table(table[["id", "statement", "left", "op", "factor", "right", "on_this_run", "data"]]))
     return "\n".join(out)
 
 
