@@ -1,6 +1,16 @@
 # Datasets: torchvision download (checksums) or data.mirror, verified on decoded content, one prepared .npz each.
 # The prepared file is scale-independent and content-hashed; how it was obtained (mirror, download) is read from
 # the config inside the job, not passed as params, so switching scale or mirror does not re-trigger it.
+# A damaged prepared file (truncated, overwritten) is moved aside to <name>.npz.damaged before the DAG is built, so
+# this run rebuilds it instead of failing in the jobs that read it (advrep.data.prepared.set_aside_damaged); the
+# full hash check in advrep.data.load does the same for damage this quick check cannot see, and fails that job.
+import sys
+
+from advrep.data.prepared import set_aside_damaged
+
+if workflow.is_main_process:
+    for message in set_aside_damaged(DATA):
+        print(f"advrep: {message}", file=sys.stderr)
 
 
 rule prepare_dataset:

@@ -186,9 +186,15 @@ def test_planes_rejects_bad_codim(tmp_path):
 def test_load_detects_tampering(tmp_path):
     prepare("planes", tmp_path / "p.npz", root=None, codim=1)
     tamper_npz(tmp_path / "p.npz", "x_train")
-    with pytest.raises(DatasetCorrupt, match="delete it"):
+    with pytest.raises(DatasetCorrupt, match=r"p\.npz: damaged prepared dataset: its arrays hash .* moved it to "
+                                             r"p\.npz\.damaged; rerun .* rule prepare_dataset rebuilds it"):
         load(tmp_path / "p.npz")
-    assert load(tmp_path / "p.npz", verify=False).x_train.shape == (450, 3)
+    assert dir_entries(tmp_path) == ["p.npz.damaged"]  # never used again: the next run rebuilds p.npz
+    assert load(tmp_path / "p.npz.damaged", verify=False).x_train.shape == (450, 3)
+    # without moving it, the message says to delete it
+    with pytest.raises(DatasetCorrupt, match=r"p\.npz\.damaged: .*delete it and rerun"):
+        load(tmp_path / "p.npz.damaged", move_damaged=False)
+    assert dir_entries(tmp_path) == ["p.npz.damaged"]
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):

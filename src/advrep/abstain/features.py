@@ -412,22 +412,33 @@ def write_features(path, train_feats, train_labels, test_feats, test_labels, met
 
 def read_features(path):
     """``(train_feats, train_labels, test_feats, test_labels, meta)`` from :func:`write_features`'s file, after
-    checking the arrays against ``meta['features_sha256']`` (:class:`FeaturesCorrupt` if they differ)."""
+    checking the arrays against ``meta['features_sha256']``.  A file that cannot be read (truncated, bad CRC), lacks
+    an array or fails the hash raises :class:`FeaturesCorrupt`: one line naming the file, what is wrong and what to
+    do (delete it and rerun: rule ``abstain_features`` rebuilds it from the encoder's finished checkpoint)."""
     path = Path(path)
-    redo = f"delete {path} and rerun the feature-extraction step that writes it"
+
+    def damaged(what: str) -> FeaturesCorrupt:
+        return FeaturesCorrupt(f"{path}: damaged features file: {what}; delete it and rerun the same command: rule "
+                               f"abstain_features rebuilds it (snakemake {path}).")
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no features file there; rule abstain_features makes it (snakemake {path})")
+    arrays, meta, missing = [], {}, []
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in (*FEATURE_KEYS, "meta") if k not in f.files]
-            if missing:
-                raise FeaturesCorrupt(f"{path}: not a features file (missing {missing}); {redo}.")
-            arrays = [f[k] for k in FEATURE_KEYS]
-            meta = json.loads(str(f["meta"][()]))
-    except (ValueError, OSError, EOFError) as e:
-        raise FeaturesCorrupt(f"{path}: cannot be read as a features file ({type(e).__name__}: {e}); {redo}.") from e
+            if not missing:
+                arrays = [f[k] for k in FEATURE_KEYS]
+                meta = json.loads(str(f["meta"][()]))
+    except Exception as e:  # BadZipFile (truncated, bad CRC), EOFError, ValueError (bad npy header / JSON), OSError
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "no message")
+        raise damaged(f"cannot be read, truncated or corrupt ({type(e).__name__}: {first})") from e
+    if missing:
+        raise damaged(f"not a features file (missing {missing})")
     got = arrays_sha256(*arrays)
     if got != meta.get("features_sha256"):
-        raise FeaturesCorrupt(f"{path}: arrays hash to {got} but its meta records {meta.get('features_sha256')} "
-                              f"(the file was modified or damaged); {redo}.")
+        raise damaged(f"its arrays hash to {got[:12]}... but its meta records "
+                      f"{str(meta.get('features_sha256'))[:12]}... (modified or damaged)")
     return (*arrays, meta)
 
 

@@ -12,4 +12,5 @@ class DatasetUnavailable(RuntimeError):
 
 
 class DatasetCorrupt(RuntimeError):
-    """A file was found but failed a check (md5, decoding, pinned content hash, or structure)."""
+    """A file was found but failed a check (md5, decoding, pinned content hash, or structure); for a prepared
+    ``.npz``, the message says where the damaged file was moved and which rule rebuilds it."""

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically (:func:`advrep.io.atomic_path`), read with ``torch.load(weights_only=True)``.
+"""Checkpoints: written atomically (:func:`advrep.io.atomic_path`), read with ``torch.load(weights_only=True)`` and
+every record of the archive checked against its CRC-32 (a damaged checkpoint is an error, never a silent resume).
 
 Everything in a checkpoint is a tensor or a plain type (dict, list, tuple, str, int, float, bool, None) so that
 the restricted unpickler accepts it; RNG states are stored as tensors and lists.
@@ -7,6 +8,7 @@ the restricted unpickler accepts it; RNG states are stored as tensors and lists.
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +54,20 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location=None, required=("epoch", "model")) -> dict:
-    """``torch.load(path, weights_only=True)``; any failure becomes a :class:`CheckpointError` naming the file and
-    telling what to do."""
+    """``torch.load(path, weights_only=True)`` once the archive's records match their CRC-32; any failure becomes a
+    :class:`CheckpointError`, one line naming the file, what is wrong and what to do.  A damaged ``last.pt`` is
+    not replaced by a fresh start on its own: deleting it (the message says so) restarts that training from epoch 0,
+    and a good copy may be worth restoring first."""
     path = Path(path)
-    advice = f"Delete {path} to restart training from scratch (or restore a good copy of it)."
+    advice = (f"Delete {path} and rerun the same command to restart this training from scratch (epoch 0), or "
+              f"restore a good copy of it.")
+    bad = _bad_record(path)  # first: torch.load does not check the CRCs, a changed byte in a tensor loads silently
+    if bad:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a weights-only "
+                              f"advrep checkpoint ({bad}). {advice}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, disallowed global, ...
+    except Exception as e:  # bad pickle, disallowed global, ...
         raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a weights-only "
                               f"advrep checkpoint ({type(e).__name__}: {_reason(e)}). {advice}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -69,6 +78,20 @@ def load_checkpoint(path: str | Path, map_location=None, required=("epoch", "mod
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}. {advice}")
     return state
+
+
+def _bad_record(path: Path) -> str:
+    """"" when the checkpoint is a whole zip archive (as ``torch.save`` writes it) whose every record matches its
+    CRC-32; otherwise what is wrong (reads the file once: a fraction of a second even for large models)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as e:  # noqa: BLE001 - any failure to re-read the archive is damage
+        return f"{type(e).__name__}: {_reason(e)}"
+    if not bad:
+        return ""
+    record = bad.split("/", 1)[-1]  # torch.save names records <archive name>/<record>
+    return f"record {record} fails its CRC-32 check: its bytes changed after it was written"
 
 
 def _reason(e: Exception) -> str:
