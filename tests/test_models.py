@@ -21,7 +21,8 @@ from advrep.models.resnext import BranchBlock, ConvUnit, LinearUnit
 from advrep.models.wrn import Conv2dSame, same_padding
 
 EXPECTED_NAMES = {"resnet10", "resnet18", "resnet34", "wrn34_10", "wrn28_10", "resnext34_2x32", "resnext34_4x32",
-                  "madry_mnist_cnn", "madry_cifar_wrn", "mlp", "resnet18_encoder"}
+                  "madry_mnist_cnn", "madry_cifar_wrn", "mlp", "resnet18_encoder", "sonet", "soblock",
+                  "odenet"}
 IMAGE_SHAPES = [(1, 28, 28), (3, 32, 32)]
 FMNIST_TRAIN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -12,13 +12,15 @@ smoke-scale size.  See :mod:`advrep.models.registry` for the conventions and eac
   :class:`LinearProbe`);
 * :mod:`~advrep.models.wrn`: ``wrn34_10``, ``wrn28_10`` (:func:`wide_resnet`), ``madry_cifar_wrn``;
 * :mod:`~advrep.models.resnext`: ``resnext34_2x32``, ``resnext34_4x32`` (cfinlay/tulip);
-* :mod:`~advrep.models.small`: ``madry_mnist_cnn``, ``mlp``.
+* :mod:`~advrep.models.small`: ``madry_mnist_cnn``, ``mlp``;
+* :mod:`~advrep.models.ode`: ``sonet``, ``soblock``, ``odenet`` (sonet paper; solver settings, :func:`nfe`,
+  :func:`record_grids`, :func:`solver_override`, :func:`with_solver`, :class:`ODESolverError`).
 """
 
 from .registry import (DATASET_STATS, EncoderModel, LinearProbe, ModelInfo, Normalize, NormalizedModel,
                        PerImageStandardization, create_model, list_models, make_normalization, model_info,
                        register_model, resolve_normalization)
-from . import resnet, resnext, small, wrn  # noqa: E402  (registers the models)
+from . import ode, resnet, resnext, small, wrn  # noqa: E402  (registers the models)
 from .wrn import wide_resnet
 
 __all__ = ["DATASET_STATS", "EncoderModel", "LinearProbe", "ModelInfo", "Normalize", "NormalizedModel",
