@@ -54,18 +54,26 @@ def step_schedule(alpha: AlphaSpec, eps: torch.Tensor, steps: int, rows: torch.T
 
 def tracked_ascent(tracker: FirstSuccess, rows: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, *, norm: str,
                    loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], steps: int, alpha,
-                   init, generator: torch.Generator | None) -> None:
+                   init, generator: torch.Generator | None,
+                   gradient_model: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
     """One projected-ascent run of :func:`maximize` on ``x`` (= the tracked batch's rows ``rows``).
 
     ``loss(logits, local, step)`` gives the per-sample loss of the forwarded rows ``local`` (indices into ``x``).
     The tracker records each sample's first success and its call count; a broken sample's loss is masked out (it
     no longer moves) and, once most are broken, it is no longer forwarded.  The final iterate is checked with one
     more (counted) call.
+
+    ``gradient_model`` (BPDA, see :class:`~advrep.attacks.bpda.BPDAPGD`): when given, the tracked model is forwarded
+    without a graph (its verdicts and call counts only) and the ascent direction is the input gradient of ``loss``
+    on ``gradient_model``'s logits, taken on the still unbroken rows only; the objective's value stays the tracked
+    model's loss (``value(true) + value(surrogate) - value(surrogate).detach()``).  ``None``: the plain ascent above.
     """
     n = x.shape[0]
     counter = [0]
 
     def objective(z):
+        if gradient_model is not None:
+            return substituted(z)
         local, out, live = tracker.logits(z, rows)
         step = counter[0]
         counter[0] += 1
@@ -79,6 +87,20 @@ def tracked_ascent(tracker: FirstSuccess, rows: torch.Tensor, x: torch.Tensor, e
             per = per.index_add(0, local[live], loss(out[live], local[live], step))
         return per
 
+    def substituted(z):
+        with torch.no_grad():  # the true model: verdicts and counts, no graph
+            local, out, live = tracker.logits(z, rows)
+        step = counter[0]
+        counter[0] += 1
+        per = 0.0 * z.flatten(1)[:, 0]
+        if out is None or not bool(live.any()):
+            return per
+        sel = local[live]
+        whole = sel.numel() == n  # then sel is arange(n)
+        surrogate = loss(gradient_model(z if whole else z[sel]), sel, step)
+        value = loss(out[live], sel, step).detach() + (surrogate - surrogate.detach())
+        return value if whole else per.index_add(0, sel, value)
+
     if n == 0:
         return
     x_last = maximize(objective, x, eps=eps, alpha=alpha, steps=steps, norm=norm, init=init, generator=generator)
@@ -87,9 +109,11 @@ def tracked_ascent(tracker: FirstSuccess, rows: torch.Tensor, x: torch.Tensor, e
 
 def gradient_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *, norm: str,
                     loss: LossSpec = "ce", steps: int, alpha: AlphaSpec, random_start: bool, restarts: int = 1,
-                    generator: torch.Generator | None = None):
+                    generator: torch.Generator | None = None,
+                    gradient_model: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """PGD-type attack with per-sample first-success tracking and restarts on the samples still unbroken;
-    returns ``(x_adv, model_calls, success)``."""
+    returns ``(x_adv, model_calls, success)``.  ``gradient_model``: take the ascent direction from this
+    surrogate instead of ``model`` (BPDA; see :func:`tracked_ascent`)."""
     if restarts < 1 or steps < 0:
         raise ValueError("restarts must be >= 1 and steps >= 0")
     fn = per_sample_loss(loss)
@@ -105,7 +129,7 @@ def gradient_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: tor
 
         tracked_ascent(tracker, rows, x[rows], eps[rows], norm=norm, steps=steps, generator=generator, loss=rows_loss,
                        alpha=step_schedule(alpha, eps[rows], steps, rows),
-                       init="random" if random_start else None)
+                       init="random" if random_start else None, gradient_model=gradient_model)
     return tracker.result()
 
 
