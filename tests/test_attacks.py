@@ -25,6 +25,7 @@ FAST = {
     "spsa": {"nb_iter": 2, "nb_sample": 16, "max_batch_size": 16},
     "square": {"n_queries": 50},
     "autoattack": {"paper": False},
+    "bpda_pgd": {"steps": 5},
 }
 HAND_WRITTEN = ("pgd", "fgsm", "ifgsm", "cw_linf", "gama_pgd")
 
@@ -218,6 +219,30 @@ def test_autoattack_matches_torchattacks(mlp, batch):
     assert abs(ours.success[ok].float().mean() - theirs.float().mean()) <= 0.03
     pgd = run_attack("pgd", mlp, x, y, eps=EPS["linf"], steps=20)
     assert ours.success.float().mean() >= pgd.success.float().mean() - 0.03
+
+
+def test_autoattack_budget_overrides_reach_its_components(mlp, batch, monkeypatch):
+    """steps / square_queries cut the budget of APGD, APGD-T, FAB and Square (smoke scale): the components run
+    with them (spied on), and the per-sample query count stays within the smaller budget."""
+    import torchattacks
+
+    seen = {}
+    multi = torchattacks.attacks.autoattack.MultiAttack
+    real = multi.forward
+
+    def spy(self, images, labels):
+        for sub in self.attacks:
+            seen[type(sub).__name__] = getattr(sub, "n_queries" if type(sub).__name__ == "Square" else "steps")
+        return real(self, images, labels)
+
+    monkeypatch.setattr(multi, "forward", spy)
+    x, y = batch[0][:24], batch[1][:24]
+    r = run_attack("autoattack", mlp, x, y, eps=EPS["linf"], steps=3, square_queries=7, seed=0)
+    assert seen == {"APGD": 3, "APGDT": 3, "FAB": 3, "Square": 7}
+    full = run_attack("autoattack", mlp, x, y, eps=EPS["linf"], paper=False, seed=0)
+    assert (r.success & ~full.success).sum() <= 2  # the cut attack finds (almost) nothing the full one misses
+    with pytest.raises(ValueError, match="square_queries"):
+        run_attack("autoattack", mlp, x, y, eps=EPS["linf"], square_queries=0)
 
 
 def test_boundary_matches_foolbox(mlp, batch):

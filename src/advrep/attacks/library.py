@@ -223,14 +223,22 @@ class AutoAttack(Attack):
     ('standard')`` and its constructor): 100 iterations for APGD-CE, APGD-T and FAB-T (torchattacks 3.5.1 builds
     them with its default of 10) and Square with ``resc_schedule=False``.  ``paper=False`` runs torchattacks'
     'standard' exactly as shipped.
+
+    ``steps`` / ``square_queries`` (default None: as above) cut the budget of the gradient components (APGD, APGD-T,
+    FAB) and of Square, for smoke-scale runs; a result with a cut budget is not AutoAttack's.
     """
 
     name = "autoattack"
 
     def __init__(self, model, *, eps, norm="linf", version: str = "standard", n_classes: int | None = None,
-                 paper: bool = True, seed: int | None = 0):
+                 paper: bool = True, steps: int | None = None, square_queries: int | None = None,
+                 seed: int | None = 0):
         super().__init__(model, eps=eps, norm=norm, seed=seed)
+        for key, v in (("steps", steps), ("square_queries", square_queries)):
+            if v is not None and int(v) < 1:
+                raise ValueError(f"autoattack: {key} must be >= 1, got {v}")
         self.version, self.n_classes, self.paper = version, n_classes, paper
+        self.steps, self.square_queries = steps, square_queries
 
     def _run(self, x, y, eps):
         n_classes = self.n_classes
@@ -246,4 +254,9 @@ class AutoAttack(Attack):
                     sub.steps = 100
                 elif type(sub).__name__ == "Square":
                     sub.rescale_schedule = False
+        for sub in attack._autoattack.attacks:
+            if self.steps is not None and type(sub).__name__ in ("APGD", "APGDT", "FAB"):
+                sub.steps = int(self.steps)
+            elif self.square_queries is not None and type(sub).__name__ == "Square":
+                sub.n_queries = int(self.square_queries)
         return mon.combine(attack(x, y))
