@@ -23,7 +23,7 @@ DOWNLOAD = advconfig.download_enabled(config["data"], SCALE)
 PAPER_TARGETS = {
     "abstain": ["table1", "figure1", "tuning", "n3_sweep", "theory"],
     "lipreg": ["table4", "figure1"],
-    "sonet": [],
+    "sonet": ["table1", "table2", "table3", "table4", "masking"],
     "voronoi": ["figure1", "figure2", "figure3", "figure4", "figure5"],
     "oaat": [],
 }
@@ -113,3 +113,15 @@ def abstain_max_test(n3):
 
 def abstain_passes(n3=1):
     return {m: f"{RES}/abstain/attack/{m}_n3{n3}.npz" for m in ABSTAIN_METHODS}
+
+
+# --- sonet --------------------------------------------------------------------------------------------------------
+from advrep.sonet import workflow as SONET
+
+SONET_CFG = config["sonet"]
+
+
+def sonet_job_files(target):
+    """{<job>_csv, <job>_json: path} of every job a sonet target is assembled from."""
+    return {f"{j}_{kind}": f"{RES}/sonet/jobs/{j}.{ext}" for j in SONET.TABLE_JOBS[target]
+            for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}

@@ -35,7 +35,7 @@ def test_dag_builds_at_every_scale(scale):
     r = smk("-n", "--forceall", "--config", f"scale={scale}")  # --forceall: list every job even if results exist
     assert r.returncode == 0, r.stdout + r.stderr
     for rule in ("lipreg_table4", "abstain_features", "abstain_attack", "abstain_table1", "voronoi_figure4",
-                 "voronoi_figure5", "audit_summary"):
+                 "voronoi_figure5", "sonet_job", "sonet_table", "sonet_table4", "audit_summary"):
         assert rule in r.stdout, rule
 
 
@@ -62,11 +62,32 @@ def test_dag_builds_with_the_slurm_profile_without_slurm():
     (['abstain={"tuning": {"by_scale": {"smoke": {"costz": [1]}}}}'], "costz"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(args, key):
-    r = smk("-n", "--config", *args)
+    _assert_stops(smk("-n", "--config", *args), key)
+
+
+def _assert_stops(r, key):
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "validat" in out.lower() and key in out
     assert "Building DAG" not in out or "Job stats" not in out
+
+
+@pytest.mark.parametrize("overlay, key", [
+    ({"models": {"solver": "midpoint"}}, "solver"),               # unknown solver
+    ({"models": {"tol": 0}}, "tol"),                              # tol <= 0
+    ({"models": {"tol": "-1e-3"}}, "tol"),                        # a negative tolerance written as a string
+    ({"models": {"gamma": -0.1}}, "gamma"),                       # negative damping
+    ({"attacks": {"pgd1000_steps": 0}}, "pgd1000_steps"),         # an attack budget < 1
+    ({"attacks": {"spsa": {"nb_sample": 0}}}, "nb_sample"),
+    ({"extras": {"bpda": {"solver": "dopri5"}}}, "solver"),       # the BPDA gradient needs a fixed grid
+    ({"table4": {"by_scale": {"smoke": {"iterations": [1, 2]}}}}, "iterations"),
+])
+def test_bad_sonet_config_stops_before_any_job_naming_the_key(tmp_path, overlay, key):
+    import yaml
+
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"sonet": overlay}))
+    _assert_stops(smk("-n", "--configfile", str(f)), key)
 
 
 def test_by_scale_overlay_and_download_policy():
@@ -108,6 +129,8 @@ def test_smoke_dag_end_to_end(tmp_path):
                 *[f"abstain/{t}.{ext}" for t in ("table1", "figure1", "tuning", "n3_sweep", "theory")
                   for ext in ("csv", "provenance.json")],
                 *[f"abstain/{t}.png" for t in ("figure1", "tuning", "n3_sweep", "theory")],
+                *[f"sonet/{t}.{ext}" for t in ("table1", "table2", "table3", "table4", "masking")
+                  for ext in ("csv", "provenance.json")], "sonet/table4.png", "notebooks/sonet.html",
                 "abstain/features/simclr.npz", "abstain/features/supcon.npz", "notebooks/abstain.html",
                 "notebooks/voronoi.html",
                 "audit/summary.md", "notebooks/lipreg.html", "notebooks/lipreg.ipynb",
@@ -148,6 +171,15 @@ def test_smoke_dag_end_to_end(tmp_path):
     fprov = json.loads((res / "abstain" / "table1.provenance.json").read_text())
     assert fprov["datasets"][0]["name"] == "digits32"
     assert set(fprov["attack_passes"]) == {"simclr", "supcon"}
+
+    # sonet: every published number computed on the digits stand-in (Table 4's longer grids aside), none comparable
+    so = pd.read_csv(res / "audit" / "sonet.csv")
+    assert len(so) == len(registry.load("sonet").numbers) and (so["verdict"] == "not comparable").all()
+    assert not so["reason"].str.contains("not run yet").any() and so["reason"].str.contains("stand-in").all()
+    core = so[(so["target"] != "table4") | so["column"].isin(["adaptive step 1", "adaptive step 2"])]
+    assert core["reproduced"].notna().all()
+    soc = pd.read_csv(res / "audit" / "sonet.claims.csv")
+    assert soc["on_this_run"].isin(["holds", "fails"]).all()  # every claim evaluates on the data at hand
 
     other = pd.read_csv(res / "audit" / "oaat.csv")
     assert len(other) > 0 and (other["verdict"] == "not comparable").all()
