@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import advrep.lipreg.evasive  # noqa: F401  (registers evasive_cw: the generic contract tests cover every attack)
 from advrep.attacks import (ATTACKS, GamaPGD, eval_mode, lp_norm, maximize, minimal_distance,
                             robust_accuracy_curve, run_attack, worst_case)
 from conftest import digits01
@@ -26,6 +27,7 @@ FAST = {
     "square": {"n_queries": 50},
     "autoattack": {"paper": False},
     "bpda_pgd": {"steps": 5},
+    "evasive_cw": {"binary_search_steps": 2, "steps": 20},
 }
 HAND_WRITTEN = ("pgd", "fgsm", "ifgsm", "cw_linf", "gama_pgd")
 
