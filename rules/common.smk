@@ -22,10 +22,10 @@ DOWNLOAD = advconfig.download_enabled(config["data"], SCALE)
 # paper -> the result targets the workflow produces for it (each: results/<scale>/<paper>/<target>.csv + figures)
 PAPER_TARGETS = {
     "abstain": ["table1", "figure1", "tuning", "n3_sweep", "theory"],
-    "lipreg": ["table4", "figure1"],
+    "lipreg": ["table4", "figure1", "table1", "table2", "table3", "table5", "table6", "figure2", "figure3", "figure4"],
     "sonet": ["table1", "table2", "table3", "table4", "masking"],
     "voronoi": ["figure1", "figure2", "figure3", "figure4", "figure5"],
-    "oaat": [],
+    "oaat": ["table1", "table2", "masking", "figure1"],
 }
 PAPERS = list(PAPER_TARGETS)
 NOTEBOOKS = [p for p in PAPERS if (Path(workflow.basedir) / "notebooks" / f"{p}.py").exists()]
@@ -124,4 +124,62 @@ SONET_CFG = config["sonet"]
 def sonet_job_files(target):
     """{<job>_csv, <job>_json: path} of every job a sonet target is assembled from."""
     return {f"{j}_{kind}": f"{RES}/sonet/jobs/{j}.{ext}" for j in SONET.TABLE_JOBS[target]
+            for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}
+
+
+# --- oaat ---------------------------------------------------------------------------------------------------------
+from advrep.oaat import workflow as OAAT
+
+OAAT_CFG = config["oaat"]
+OAAT.validate(OAAT_CFG)  # what the schema cannot say (eps schedule, alpha/lambda ranges, architecture vs dataset)
+
+
+def oaat_job_inputs(job):
+    """The prepared dataset of a job; for ExAT the final weights of the job it fine-tunes; for a WA job its
+    twin's weights (the twin trains the run whose average it evaluates)."""
+    s = OAAT.JOBS[job]
+    out = {"data": f"{DATA}/{OAAT_CFG['data']['datasets'][s['data']]}.npz"}
+    parent = OAAT.init_job(job)
+    if parent is not None:
+        out["init"] = f"{RES}/oaat/models/{parent}.pt"
+    if OAAT.training_job(job) != job:
+        out["twin"] = f"{RES}/oaat/models/{OAAT.training_job(job)}.pt"
+    return out
+
+
+def oaat_job_files(target):
+    """{<job>_csv, <job>_json: path} of every job an oaat table is assembled from."""
+    return {f"{j}_{kind}": f"{RES}/oaat/jobs/{j}.{ext}" for j in OAAT.TABLE_JOBS[target]
+            for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}
+
+
+# --- lipreg Tables 1-3, 5, 6 and Figures 2-4 ----------------------------------------------------------------------
+from advrep.lipreg import workflow as LIPREG
+
+LIPREG_CFG = config["lipreg"]
+
+
+def lipreg_job_settings(job):
+    return LIPREG.job_settings(LIPREG_CFG, job, config["voronoi"])
+
+
+def lipreg_job_inputs(job):
+    """The prepared dataset of a job; the madry job also waits for the voronoi Figure 4 CIFAR-10 Madry job, whose
+    checkpoint it evaluates."""
+    out = {"data": f"{DATA}/{lipreg_job_settings(job)['data']['dataset']}.npz"}
+    if job == LIPREG.MADRY:
+        out["madry"] = f"{RES}/voronoi/figures45/cifar10_madry.npz"
+    return out
+
+
+def lipreg_workdir(job):
+    """Checkpoint folder: the job's own, or (madry) the voronoi Figure 4 job's."""
+    if job == LIPREG.MADRY:
+        return f"{RES}/voronoi/checkpoints/cifar10_madry"
+    return f"{RES}/lipreg/checkpoints/{job}"
+
+
+def lipreg_job_files(target):
+    """{<job>_csv, <job>_json: path} of every job a lipreg target is assembled from."""
+    return {f"{j}_{kind}": f"{RES}/lipreg/jobs/{j}.{ext}" for j in LIPREG.TABLE_JOBS[target]
             for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}

@@ -45,3 +45,85 @@ rule lipreg_figure1:
         runtime=30,
     script:
         "scripts/lipreg_figure1.py"
+
+
+# Tables 1, 2, 3, 5, 6 and Figures 2, 3, 4 (logic: src/advrep/lipreg/workflow.py, attack statistics:
+# src/advrep/lipreg/statistics.py, detection: src/advrep/lipreg/detection.py, evasive CW: src/advrep/lipreg/evasive.py)
+#   lipreg_job    -> workflow.run_job    one (dataset, defence): train with per-epoch checkpoints, then the per-sample
+#                                        table (clean verdicts, gradient norms, minimal distance and model calls of
+#                                        PGD, I-FGSM, Boundary, CW; evasive CW and detector norms for Table 6)
+#                                        "madry": voronoi's Madry CIFAR-10 model under the same attacks (Table 1)
+#   lipreg_table  -> workflow.run_table  table1, table2 (CIFAR-10), table3 (CIFAR-100), table5, table6
+#   lipreg_figure -> workflow.run_table  figure2 (l2 PGD error curves), figure3 (the four attacks), figure4 (detector)
+
+
+rule lipreg_job:
+    input:
+        unpack(lambda wc: lipreg_job_inputs(wc.job)),
+    output:
+        csv=f"{RES}/lipreg/jobs/{{job}}.per_sample.csv",
+        json=f"{RES}/lipreg/jobs/{{job}}.json",
+    wildcard_constraints:
+        job="|".join(LIPREG.JOBS),
+    params:
+        settings=lambda wc: lipreg_job_settings(wc.job),
+        seed=config["seed"],
+        workdir=lambda wc: lipreg_workdir(wc.job),
+    log:
+        f"{RES}/logs/lipreg/jobs/{{job}}.log",
+    threads: 1 if SCALE == "smoke" else 8
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=4000 if SCALE == "smoke" else 32000,
+        runtime=30 if SCALE == "smoke" else (24 * 60 if SCALE == "reduced" else 7 * 24 * 60),
+        gpu=0 if SCALE == "smoke" else 1,
+    script:
+        "scripts/lipreg_job.py"
+
+
+rule lipreg_table:
+    input:
+        unpack(lambda wc: lipreg_job_files(wc.target)),
+    output:
+        csv=report(f"{RES}/lipreg/{{target}}.csv", category="lipreg", labels={"target": "{target}"}),
+        provenance=f"{RES}/lipreg/{{target}}.provenance.json",
+    wildcard_constraints:
+        target="table1|table2|table3|table5|table6",
+    params:
+        scale=SCALE,
+        seed=config["seed"],
+        settings=config["lipreg"]["figures"],
+    log:
+        f"{RES}/logs/lipreg/{{target}}.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "scripts/lipreg_table.py"
+
+
+rule lipreg_figure:
+    input:
+        unpack(lambda wc: lipreg_job_files(wc.target)),
+    output:
+        csv=report(f"{RES}/lipreg/{{target}}.csv", category="lipreg", labels={"target": "{target}", "type": "data"}),
+        png=report(f"{RES}/lipreg/{{target}}.png", category="lipreg", labels={"target": "{target}", "type": "figure"}),
+        provenance=f"{RES}/lipreg/{{target}}.provenance.json",
+    wildcard_constraints:
+        target="figure2|figure3|figure4",
+    params:
+        scale=SCALE,
+        seed=config["seed"],
+        settings=config["lipreg"]["figures"],
+    log:
+        f"{RES}/logs/lipreg/{{target}}.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "scripts/lipreg_table.py"
