@@ -150,7 +150,7 @@ def saved_bytes(model, x, y=None) -> int:
             continue
         if st.data_ptr() not in own:
             storages[st.data_ptr()] = st.nbytes()
-    del saved
+    saved.clear()
     loss.backward()
     return sum(storages.values())
 

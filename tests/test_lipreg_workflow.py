@@ -77,10 +77,10 @@ def test_bad_config_is_refused_naming_the_key(overlay, key):
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    from advrep.config import _merge
+    from advrep.config import merge
 
     cfg = raw_config()
-    cfg["lipreg"] = _merge(cfg["lipreg"], overlay)
+    cfg["lipreg"] = merge(cfg["lipreg"], overlay)
     with pytest.raises(WorkflowError) as err:
         validate(cfg, schema=str(ROOT / "config" / "schema.yaml"))
     assert key in str(err.value)
@@ -99,7 +99,6 @@ def digits(tmp_path_factory):
 def test_minimal_distances_are_verified_adversarials_and_no_larger_than_at_the_radius(digits):
     """On a small trained model: every finite distance belongs to a misclassified point in [0, 1] at exactly that
     distance; misclassified images are at 0; bisection never returns a larger radius than the first run."""
-    from advrep.models import create_model
     from advrep.voronoi.figures45 import images
 
     p = advdata.load(digits)

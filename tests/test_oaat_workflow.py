@@ -206,8 +206,8 @@ def test_cells_are_aggregations_of_the_per_sample_tables(run):
     # the gain rows are OA-AT minus AWP-TRADES, column by column
     for data in ("CIFAR-10", "CIFAR-100"):
         for column, _a, _k in W.T1_COLUMNS:
-            ours, awp = t1[(f"{data} (ResNet-18) / OA-AT (Ours)", column)], t1[(f"{data} (ResNet-18) / AWP (AWP-TRADES)",
-                                                                               column)]
+            ours = t1[(f"{data} (ResNet-18) / OA-AT (Ours)", column)]
+            awp = t1[(f"{data} (ResNet-18) / AWP (AWP-TRADES)", column)]
             assert t1[(f"{data} (ResNet-18) / Gain w.r.t. AWP", column)] == pytest.approx(ours - awp)
 
 

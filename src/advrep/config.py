@@ -8,10 +8,11 @@ import math
 from . import PAPERS
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, recursively for nested dicts (neither is modified)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -28,7 +29,7 @@ def resolve(config: dict, scale: str | None = None) -> dict:
         for target, settings in (out.get(paper) or {}).items():
             if isinstance(settings, dict):
                 overlay = settings.pop("by_scale", {}) or {}
-                out[paper][target] = _merge(settings, overlay.get(scale, {}) or {})
+                out[paper][target] = merge(settings, overlay.get(scale, {}) or {})
     return out
 
 

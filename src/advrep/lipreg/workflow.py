@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import number
+from ..results import Cells, dotted_get, same_setting, show_setting
 from . import statistics as S
 
 # --- the paper's line-up ---------------------------------------------------------------------------------------
@@ -89,29 +90,6 @@ RECIPE = {"epochs": 200, "batch_size": 128, "optimizer.lr": 0.1, "optimizer.mome
 PAPER_ATTACKS = {"boundary.params.steps": 25000, "cw.params.steps": 10000, "cw.params.binary_search_steps": 9,
                  "cw.params.initial_const": 1e-3}
 PAPER_DETECTION = {"percentile": 95.0}  # "significance level ... 5%" (L536)
-
-
-def _get(d: dict, dotted: str):
-    cur = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def _same(a, b) -> bool:
-    if isinstance(b, (list, tuple)):
-        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(b, str):
-        return str(a).lower() == b.lower()
-    if a is None:
-        return False
-    return math.isclose(number(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
-
-
-def _show(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 # --- settings ------------------------------------------------------------------------------------------------------
@@ -190,23 +168,23 @@ def model_deviations(settings: dict) -> list[str]:
                       and "test images" not in r]
     out = []
     w = settings.get("width")
-    if w is not None and (isinstance(w, str) and w == "tiny" or not _same(w, PAPER_WIDTH)):
+    if w is not None and (isinstance(w, str) and w == "tiny" or not same_setting(w, PAPER_WIDTH)):
         out.append(f"width {w} (paper: {PAPER_WIDTH})")
     if settings.get("model_kw"):
         out.append(f"model options {settings['model_kw']} (paper: tulip's architecture)")
     tr = settings["training"]
     for k, v in RECIPE.items():
-        got = _get(tr, k)
-        if not _same(got, v):
-            out.append(f"training {k}={_show(got)} (recipe: {_show(v)})")
+        got = dotted_get(tr, k)
+        if not same_setting(got, v):
+            out.append(f"training {k}={show_setting(got)} (recipe: {show_setting(v)})")
     aug = json.dumps(tr.get("augment"), default=str)
     if "cutout" not in aug:
         out.append("no cutout (paper: standard augmentation and cutout, L440)")
     ob = tr["objective"]
     if ob["name"] == "grad_norm":
         for k, v in PAPER_PENALTY.items():
-            if not _same(ob.get(k), v):
-                out.append(f"penalty {k}={_show(ob.get(k))} (paper: {_show(v)})")
+            if not same_setting(ob.get(k), v):
+                out.append(f"penalty {k}={show_setting(ob.get(k))} (paper: {show_setting(v)})")
     return out
 
 
@@ -215,11 +193,11 @@ def attack_deviations(settings: dict, labels) -> list[str]:
     a = settings["attacks"]
     for key, v in PAPER_ATTACKS.items():
         lab = key.split(".")[0]
-        got = _get(a, key)
+        got = dotted_get(a, key)
         if key.endswith("initial_const") and got is None:
             continue  # the toolkit's default is Foolbox's
-        if lab in labels and lab in a and not _same(got, v):
-            out.append(f"{ATTACK_LABELS[lab]} {key.split('.', 2)[2]}={_show(got)} (paper: {_show(v)})")
+        if lab in labels and lab in a and not same_setting(got, v):
+            out.append(f"{ATTACK_LABELS[lab]} {key.split('.', 2)[2]}={show_setting(got)} (paper: {show_setting(v)})")
     return out
 
 
@@ -372,32 +350,6 @@ def grad_stat(df, which: str, how: str) -> float:
     return (max_gradient_norm if how == "max" else mean_gradient_norm)(df, which)
 
 
-class _Cells:
-    """Collects the long-format rows of one target, each with its comparability and reason."""
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add(self, row, column, value, *, unit="percent", reasons=(), dataset="", beyond=False, note=""):
-        reasons = list(dict.fromkeys(reasons))
-        if beyond:
-            reasons = ["beyond the paper (not a published number)"] + reasons
-        cell = dict(row=row, column=column, unit=unit, dataset=dataset, reason="; ".join(reasons), note=note)
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            cell.update(value=None, status="not run", comparable=False,
-                        reason=cell["reason"] or "not computed for this model")
-            if value is not None:
-                cell["reason"] = (cell["reason"] + "; " if cell["reason"] else "") + \
-                    "no finite value (too few images broken within the search radius, or a ratio over 0)"
-        else:
-            cell.update(value=float(value), status="ok", comparable=not reasons)
-        self.rows.append(cell)
-
-    def missing(self, row, column, reason, *, unit="percent"):
-        self.rows.append(dict(row=row, column=column, unit=unit, dataset="", reason=reason, note="", value=None,
-                              status="not run", comparable=False))
-
-
 def _tag(meta: dict) -> str:
     from ..provenance import dataset_tag
 
@@ -409,15 +361,15 @@ def _budget(s: dict, attack: str) -> list[str]:
     a = s["attacks"][attack]
     out = []
     if "max_eps" in a:
-        out.append(f"{ATTACK_LABELS[attack]} searched up to {_show(number(a['max_eps']))} with "
+        out.append(f"{ATTACK_LABELS[attack]} searched up to {show_setting(number(a['max_eps']))} with "
                    f"{a.get('n_bisect', 8)} bisection steps")
     if attack == "evasive_cw":  # the paper gives none of its settings
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in sorted((a.get("params") or {}).items()))
+        shown = ", ".join(f"{k}={show_setting(v)}" for k, v in sorted((a.get("params") or {}).items()))
         out.append(f"evasive CW settings not stated in the paper; ours: {shown}")
     return out
 
 
-def _stat_rows(row: str, df, js: dict, cells: _Cells) -> None:
+def _stat_rows(row: str, df, js: dict, cells: Cells) -> None:
     """One row of Tables 2/3: the paper's cells (PGD for the 2-norm, I-FGSM for the inf-norm, L442) and, beside
     them, the per-sample worst case over the four attacks."""
     s, meta = js["settings"], js["meta"]
@@ -451,7 +403,7 @@ def _stat_rows(row: str, df, js: dict, cells: _Cells) -> None:
                   beyond=True, reasons=_budget(s, a), dataset=tag)
 
 
-def _table23(target: str, jobs: dict, cells: _Cells) -> None:
+def _table23(target: str, jobs: dict, cells: Cells) -> None:
     ds = "cifar10" if target == "table2" else "cifar100"
     for d, (r2, r3, _c1) in DEFENCES.items():
         job = f"{ds}_{d}"
@@ -459,7 +411,7 @@ def _table23(target: str, jobs: dict, cells: _Cells) -> None:
             _stat_rows(r2 if ds == "cifar10" else r3, *jobs[job], cells)
 
 
-def _table1(jobs: dict, cells: _Cells) -> None:
+def _table1(jobs: dict, cells: Cells) -> None:
     und_df, und_js = jobs["cifar10_undefended"]
     columns = [(f"cifar10_{d}", v[2]) for d, v in DEFENCES.items() if v[2]] + [(MADRY, "Madry")]
     for job, column in columns:
@@ -488,7 +440,7 @@ def _ratio(a: float, b: float) -> float:
     return a / b if math.isfinite(a) and math.isfinite(b) and b != 0 else float("nan")
 
 
-def _table5(jobs: dict, cells: _Cells) -> None:
+def _table5(jobs: dict, cells: Cells) -> None:
     """Predicted (ratios of model Total Variation and Lipschitz constant, undefended / regularised) and actual
     (ratio of median PGD distance, regularised / undefended) improvement (L509, L519); no printed numbers."""
     for ds, column in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
@@ -532,12 +484,12 @@ def detection_summary(df, settings: dict) -> dict:
     return out
 
 
-def _table6(jobs: dict, cells: _Cells) -> None:
+def _table6(jobs: dict, cells: Cells) -> None:
     df, js = jobs[DETECTION_JOB]
     s, meta = js["settings"], js["meta"]
     tag, base = _tag(meta), deviations(s, meta)
     det = s["detection"]
-    if not _same(det["percentile"], PAPER_DETECTION["percentile"]):
+    if not same_setting(det["percentile"], PAPER_DETECTION["percentile"]):
         base = base + [f"percentile {det['percentile']} (paper: 95, a 5% false-positive rate)"]
     if not df["clean_correct"].astype(bool).any():  # c is a percentile over these images: undefined without any
         why = "no test image is classified correctly: the threshold c (and every detection rate) is undefined"
@@ -569,13 +521,13 @@ def _grid(values: np.ndarray, points: int) -> np.ndarray:
     return np.linspace(0.0, top * 1.05 if top > 0 else 1.0, int(points))
 
 
-def _curve_rows(row: str, d: np.ndarray, grid, cells: _Cells, tag: str, reasons, norm: str) -> None:
+def _curve_rows(row: str, d: np.ndarray, grid, cells: Cells, tag: str, reasons, norm: str) -> None:
     for e, v in zip(grid, S.error_curve(d, grid)):
         cells.add(row, f"error at {norm} distance {e:.4g}", float(v), unit="fraction", beyond=True, reasons=reasons,
                   dataset=tag)
 
 
-def _figure2(jobs: dict, cells: _Cells, points: int, curves: dict) -> None:
+def _figure2(jobs: dict, cells: Cells, points: int, curves: dict) -> None:
     grid = _grid(np.concatenate([dist(jobs[j][0], "pgd", "l2") for j in FIGURE2_JOBS]), points)
     for job in FIGURE2_JOBS:
         df, js = jobs[job]
@@ -600,7 +552,7 @@ def best_regularised(jobs: dict) -> str:
     return max(cands, key=lambda j: (S.median_distance(dist(jobs[j][0], "pgd", "l2")), j))
 
 
-def _figure3(jobs: dict, cells: _Cells, points: int, curves: dict) -> None:
+def _figure3(jobs: dict, cells: Cells, points: int, curves: dict) -> None:
     best = best_regularised(jobs)
     for row, job in (("undefended model", "cifar10_undefended"), ("best regularized model", best)):
         df, js = jobs[job]
@@ -622,7 +574,7 @@ FIGURE4_ROWS = {"Clean": None, "PGD attacked": "pgd", "Boundary attacked": "boun
                 "evasive-CW attacked": "evasive_cw"}
 
 
-def _figure4(jobs: dict, cells: _Cells, bins: int, hists: dict) -> None:
+def _figure4(jobs: dict, cells: Cells, bins: int, hists: dict) -> None:
     df, js = jobs[DETECTION_JOB]
     s, meta = js["settings"], js["meta"]
     tag, base = _tag(meta), deviations(s, meta)
@@ -664,7 +616,8 @@ def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int, o
         raise ValueError(f"{target} needs the jobs {missing}")
     fig = dict(settings or {})
     jobs = {j: load_job(*job_files[j]) for j in TABLE_JOBS[target]}
-    cells = _Cells()
+    cells = Cells(nonfinite_reason="no finite value (too few images broken within the search radius, or a ratio "
+                                   "over 0)")
     plotted: dict = {}
     if target in ("table2", "table3"):
         _table23(target, jobs, cells)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import _merge, number
+from ..config import merge, number
+from ..results import Cells, dotted_get
 
 # --- the paper's line-up ---------------------------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ def _override(tr: dict, over: dict) -> dict:
     augment, epochs, ...) is replaced whole (a method's schedule is its own, not a blend with the shared one)."""
     out = dict(tr)
     for k, v in over.items():
-        out[k] = _merge(out.get(k) or {}, v) if k == "optimizer" and isinstance(v, dict) else copy.deepcopy(v)
+        out[k] = merge(out.get(k) or {}, v) if k == "optimizer" and isinstance(v, dict) else copy.deepcopy(v)
     return out
 
 
@@ -198,7 +199,7 @@ def _method_training(cfg: dict, job: str) -> dict:
         obj = over.pop("objective", None)
         tr = _override(tr, over)
         if obj:
-            tr["objective"] = _merge(tr["objective"], obj)
+            tr["objective"] = merge(tr["objective"], obj)
     if keeps_average(job):  # the "+ WA" row evaluates the average of this same run
         tr["ema"] = cfg["wa"]["decay"]
     return tr
@@ -288,8 +289,9 @@ def validate(cfg: dict) -> None:
             if lpips:  # OA-AT's LPIPS reads the model's stage outputs
                 default_layers(net)
         except (ValueError, TypeError, RuntimeError) as e:
-            raise ValueError(f"oaat.models.{arch} on oaat.data.datasets.{data} ({name}, images "
-                             f"{'x'.join(map(str, IMAGE_SHAPES[name]))}): {ARCHS[arch][0]} cannot take it: {e}") from None
+            shape = "x".join(map(str, IMAGE_SHAPES[name]))
+            raise ValueError(f"oaat.models.{arch} on oaat.data.datasets.{data} ({name}, images {shape}): "
+                             f"{ARCHS[arch][0]} cannot take it: {e}") from None
 
 
 IMAGE_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "digits32": (3, 32, 32), "digits28": (1, 28, 28),
@@ -347,15 +349,6 @@ def _objective_eps(obj: dict):
     return None
 
 
-def _get(d: dict, dotted: str):
-    cur = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def attack_deviations(settings: dict, attack: str | None) -> list[str]:
     if attack is None:
         return []
@@ -365,7 +358,7 @@ def attack_deviations(settings: dict, attack: str | None) -> list[str]:
     for key, want in PAPER_ATTACKS.items():
         if not key.startswith(group + "."):
             continue
-        got = _get(a, key)
+        got = dotted_get(a, key)
         if (got is None) != (want is None) or (want is not None and str(got).lower() != str(want).lower()
                                                and not _num_equal(got, want)):
             out.append(f"{key}={got} (paper: {'the full budget' if want is None else want})")
@@ -575,25 +568,6 @@ def _acc(df, label: str | None = None, worst: int | None = None) -> float:
     return 100.0 * float((clean & ~df[f"success:{label}"].astype(bool).to_numpy()).mean())
 
 
-class _Cells:
-    """Collects the long-format rows of one target, each with its comparability and reason."""
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add(self, row, column, value, *, unit="percent", reasons=(), dataset="", beyond=False, note=""):
-        reasons = list(dict.fromkeys(reasons))
-        if beyond:
-            reasons = ["beyond the paper (not a published number)"] + reasons
-        cell = dict(row=row, column=column, unit=unit, dataset=dataset, reason="; ".join(reasons), note=note)
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            cell.update(value=None, status="not run", comparable=False,
-                        reason=cell["reason"] or "not computed for this model")
-        else:
-            cell.update(value=float(value), status="ok", comparable=not reasons)
-        self.rows.append(cell)
-
-
 def _tag(meta: dict) -> str:
     from ..provenance import dataset_tag
 
@@ -606,7 +580,7 @@ def _cell(df, js, column: str, attack: str | None, k: int | None):
     return value, deviations(s, meta, attack)
 
 
-def _table_rows(target: str, jobs: dict, cells: _Cells) -> None:
+def _table_rows(target: str, jobs: dict, cells: Cells) -> None:
     columns = T1_COLUMNS if target == "table1" else T2_COLUMNS
     rows = T1_ROWS if target == "table1" else T2_ROWS
     computed: dict[str, dict[str, tuple]] = {}
@@ -632,7 +606,7 @@ def _table_rows(target: str, jobs: dict, cells: _Cells) -> None:
                           dataset=t1 if t1 == t2 else f"{t1}; {t2}", note="OA-AT (Ours) minus AWP (AWP-TRADES)")
 
 
-def _masking_rows(jobs: dict, cells: _Cells) -> None:
+def _masking_rows(jobs: dict, cells: Cells) -> None:
     for job, (_df, js) in jobs.items():
         for r in js.get("masking") or []:
             cells.rows.append({**r, "row": f"{job}: {r['row']}", "dataset": _tag(js["meta"])})
@@ -649,7 +623,7 @@ def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int) -
     if missing:
         raise ValueError(f"{target} needs the jobs {missing}")
     jobs = {j: load_job(*job_files[j]) for j in TABLE_JOBS[target]}
-    cells = _Cells()
+    cells = Cells()
     if target in ("table1", "table2"):
         _table_rows(target, jobs, cells)
     else:

@@ -27,13 +27,13 @@ data with the paper's stated settings (:func:`deviations`); otherwise its reason
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..config import number
+from ..results import Cells, dotted_get, same_setting, show_setting
 
 # --- the paper's line-up ---------------------------------------------------------------------------------------
 
@@ -94,29 +94,6 @@ PAPER_ATTACKS = {"linf.eps": 0.031, "linf.alpha": 0.003, "l2.eps": 0.5, "l2.alph
 PAPER_TABLE4 = {"iterations": list(TABLE4_ITERATIONS)}
 
 
-def _get(d: dict, dotted: str):
-    cur = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def _same(a, b) -> bool:
-    if isinstance(b, (list, tuple)):
-        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(b, str):
-        return str(a).lower() == b.lower()
-    if a is None:
-        return False
-    return math.isclose(number(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
-
-
-def _show(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 # --- settings ------------------------------------------------------------------------------------------------------
 
 def job_settings(sonet_config: dict, job: str) -> dict:
@@ -173,22 +150,22 @@ def model_deviations(settings: dict) -> list[str]:
         out.append(f"width {settings['width']} (paper: channel {published})")
     if settings["table"] == "t12" and settings["model"] in ODE_MODELS:
         for k, v in PAPER_SOLVER.items():
-            if not _same(settings["model_kw"].get(k), v):
+            if not same_setting(settings["model_kw"].get(k), v):
                 out.append(f"{k}={settings['model_kw'].get(k)} (paper: {v})")
     extra = {k: v for k, v in settings["model_kw"].items() if k not in ("solver", "tol", "adjoint", "gamma")}
     if extra:
         out.append(f"model options {extra} (paper: the authors' architecture)")
     for k, v in PAPER_TRAINING.items():
-        got = _get(settings["training"], k)
-        if not _same(got, v):
-            out.append(f"training {k}={_show(got)} (paper: {_show(v)})")
+        got = dotted_get(settings["training"], k)
+        if not same_setting(got, v):
+            out.append(f"training {k}={show_setting(got)} (paper: {show_setting(v)})")
     return out
 
 
 def attack_deviations(settings: dict, keys) -> list[str]:
     a = settings["attacks"]
-    return [f"{k}={_show(_get(a, k))} (paper: {_show(PAPER_ATTACKS[k])})" for k in keys
-            if not _same(_get(a, k), PAPER_ATTACKS[k])]
+    return [f"{k}={show_setting(dotted_get(a, k))} (paper: {show_setting(PAPER_ATTACKS[k])})" for k in keys
+            if not same_setting(dotted_get(a, k), PAPER_ATTACKS[k])]
 
 
 def deviations(settings: dict, meta: dict, attack_keys=()) -> list[str]:
@@ -400,26 +377,7 @@ def _acc(df, attack: str | None = None, norm: str | None = None) -> float:
     return 100.0 * (clean_accuracy(df) if attack is None else robust_accuracy(df, attack))
 
 
-class _Cells:
-    """Collects the long-format rows of one target, each with its comparability and reason."""
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add(self, row, column, value, *, unit="percent", reasons=(), dataset="", beyond=False, note=""):
-        reasons = list(dict.fromkeys(reasons))
-        if beyond:
-            reasons = ["beyond the paper (not a published number)"] + reasons
-        cell = dict(row=row, column=column, unit=unit, dataset=dataset, reason="; ".join(reasons), note=note)
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            cell.update(value=None, status="not run", comparable=False,
-                        reason=cell["reason"] or "not computed for this model")
-        else:
-            cell.update(value=float(value), status="ok", comparable=not reasons)
-        self.rows.append(cell)
-
-
-def _t12_rows(table: str, jobs: dict, cells: _Cells) -> None:
+def _t12_rows(table: str, jobs: dict, cells: Cells) -> None:
     for arch, (_m, label1, label2, _b) in ARCHS.items():
         for ch in CHANNELS:
             df, js = jobs[f"{arch}_{ch}"]
@@ -446,7 +404,7 @@ def _t12_rows(table: str, jobs: dict, cells: _Cells) -> None:
             _extra_columns(f"{label1} / {channel} / PGD-20", df, js, cells, tag, norms=("linf", "l2"))
 
 
-def _extra_columns(row: str, df, js: dict, cells: _Cells, tag: str, norms=("linf",)) -> None:
+def _extra_columns(row: str, df, js: dict, cells: Cells, tag: str, norms=("linf",)) -> None:
     """Beyond the paper: the adaptive (BPDA) attack, AutoAttack, the per-sample worst case, NFE."""
     has = set(c[len("success:"):] for c in df.columns if c.startswith("success:"))
     ex = js["settings"]["extras"]
@@ -469,7 +427,7 @@ def _extra_columns(row: str, df, js: dict, cells: _Cells, tag: str, norms=("linf
                   dataset=tag)
 
 
-def _t3_rows(jobs: dict, cells: _Cells) -> None:
+def _t3_rows(jobs: dict, cells: Cells) -> None:
     for model, (label, rows) in TABLE3_MODELS.items():
         for solver, tol, solver_label in rows:
             df, js = jobs[f"t3_{model}_{solver_key(solver, tol)}"]
@@ -483,7 +441,7 @@ def _t3_rows(jobs: dict, cells: _Cells) -> None:
             _extra_columns(row, df, js, cells, tag)
 
 
-def _t4_rows(jobs: dict, cells: _Cells) -> None:
+def _t4_rows(jobs: dict, cells: Cells) -> None:
     from .grids import grid_statistics
 
     for tol in TABLE4_TOLS:
@@ -514,7 +472,7 @@ def _t4_rows(jobs: dict, cells: _Cells) -> None:
                       beyond=True, dataset=tag, note=f"most frequent grid {st['mode']}")
 
 
-def _masking_rows(jobs: dict, cells: _Cells) -> None:
+def _masking_rows(jobs: dict, cells: Cells) -> None:
     for job, (_df, js) in jobs.items():
         for r in js.get("masking") or []:
             cells.rows.append({**r, "row": f"{job}: {r['row']}", "dataset": _tag(js["meta"])})
@@ -537,7 +495,7 @@ def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int, o
     if missing:
         raise ValueError(f"{target} needs the jobs {missing}")
     jobs = {j: load_job(*job_files[j]) for j in TABLE_JOBS[target]}
-    cells = _Cells()
+    cells = Cells()
     if target in ("table1", "table2"):
         _t12_rows(target, jobs, cells)
     elif target == "table3":
