@@ -1,4 +1,4 @@
-"""Benchmark: the exact random-line adversary (n3 = 1) against Algorithm 1 at CIFAR-10 size.
+"""Benchmark: the exact random-subspace adversary against Algorithm 1 at CIFAR-10 size (n3 = 1, or any n3).
 
 Workload: 50,000 training and 10,000 test points, 512-d random features in 10 classes (default ``--kind mixture``:
 class centres ~ N(0, 0.12^2 I), points = centre + N(0, 0.08^2 I) -- nearest-neighbour distances ~2.3, the scale of
@@ -12,6 +12,14 @@ per array), then the naive baseline -- one program per wrong-class candidate wit
 constraint (closed-form interval, vectorised over constraints; :func:`tau_star_naive`) -- on the first ``--naive``
 test points, checks both give the same tau*, and reports the per-test-point ratio.  ``--cvxpy`` times that many
 single candidate programs in cvxpy/CLARABEL (N constraints each) and extrapolates to one test point.
+
+    python benchmarks/abstain_adversary.py --n3 2 [--m 10000] [--peer 3]
+
+``--n3 >= 2`` times the default solver (``solver="cutting_plane"``: bound-ordered candidates, constraint generation)
+on the first ``--m`` test points, then the previous exact solver (``solver="active_set"``: the h-ordered level-set
+scan, one projection per visited candidate) on the first ``--peer`` of them with the same features and subspaces,
+checks both give the same tau* and prints the per-point ratio, the projection to 10,000 test points and the peak
+RSS.  A run on a subset (``--m`` < 10,000) says so.
 """
 
 from __future__ import annotations
@@ -43,6 +51,46 @@ def features(kind: str, n: int, m: int, d: int = 512, classes: int = 10, seed: i
     return X, y, T, ty
 
 
+def subspace_benchmark(args, X, y, T, ty) -> None:
+    """n3 >= 2: the cutting-plane solver on ``--m`` points against the previous exact solver on ``--peer`` points."""
+    from advrep.abstain.adversary import tau_star
+    from advrep.abstain.subspace import random_subspaces
+
+    n3, full = args.n3, 10_000
+    B = random_subspaces(len(T), T.shape[1], n3, args.seed + 1)
+    print(f"workload: {args.kind} features, {len(X)} train x {len(T)} test x {X.shape[1]}-d, 10 classes, n3={n3}, "
+          f"{args.threads} threads", flush=True)
+    t = time.perf_counter()
+    res = tau_star(X, y, T, ty, n3=n3, subspaces=B, chunk=args.chunk, threads=args.threads,
+                   progress=len(T) >= 1000)
+    t_fast = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    st = res.stats
+    per = t_fast / len(T)
+    scope = f"all {len(T)}" if len(T) >= full else f"SUBSET of {len(T)}"
+    print(f"exact tau*, cutting plane ({scope} test points): {t_fast:8.1f} s  ({1e3 * per:.1f} ms / point; "
+          f"{st['visited'] / len(T):.1f} candidates and {st['qp_solves'] / len(T):.1f} small projections per point); "
+          f"projected {per * full / 60:.1f} min for {full} test points; peak RSS {rss:.0f} MiB")
+    fin = np.isfinite(res.tau_star)
+    if fin.any():
+        print(f"  d_nn median {np.median(res.d_nn):.3f}; tau* quantiles (10/50/90%) "
+              f"{np.quantile(res.tau_star[fin], [0.1, 0.5, 0.9]).round(3)}; adversary never wins on {(~fin).sum()}")
+    for tau in (2.0, 3.0):
+        r = res.rates(tau)
+        print(f"  tau={tau}: E_nat {100 * r['E_nat']:.1f}%  E_adv {100 * r['E_adv']:.1f}%  "
+              f"D_nat {100 * r['D_nat']:.1f}%")
+    if args.peer:
+        k = min(args.peer, len(T))
+        t = time.perf_counter()
+        old = tau_star(X, y, T[:k], ty[:k], n3=n3, subspaces=B[:k], solver="active_set", threads=args.threads)
+        t_old = (time.perf_counter() - t) / k
+        agree = np.allclose(old.tau_star, res.tau_star[:k], rtol=1e-9, atol=0)
+        print(f"previous exact solver (active_set level-set scan) on {k} points: {t_old:8.2f} s / point -> "
+              f"{t_old * full / 3600:.1f} h for {full}; ratio previous/cutting-plane per point {t_old / per:.0f}x; "
+              f"same tau*: {agree}")
+        assert agree, (old.tau_star, res.tau_star[:k])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=50000)
@@ -54,6 +102,8 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=3, help="test points for the naive baseline")
     ap.add_argument("--cvxpy", type=int, default=3, help="single cvxpy candidate programs to time")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n3", type=int, default=1, help="adversary's subspace dimension")
+    ap.add_argument("--peer", type=int, default=3, help="n3 >= 2: test points for the previous exact solver")
     ap.add_argument("--table1", action="store_true",
                     help="also time one whole Table 1 feature block (linear fit, preprocessing, 5 sigma passes)")
     args = ap.parse_args()
@@ -66,6 +116,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     X, y, T, ty = features(args.kind, args.n, args.m, seed=args.seed)
+    if args.n3 > 1:
+        return subspace_benchmark(args, X, y, T, ty)
     B = random_subspaces(len(T), T.shape[1], 1, args.seed + 1)
     print(f"workload: {args.kind} features, {len(X)} train x {len(T)} test x {X.shape[1]}-d, 10 classes, n3=1, "
           f"{args.threads} threads", flush=True)

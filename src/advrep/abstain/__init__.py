@@ -6,6 +6,7 @@ Modules
 ``defence``    Algorithm 1 (ROBUSTCLASSIFIER(tau, sigma)): preprocessing, classification, natural E_nat / D_nat.
 ``subspace``   Haar-random n3-dimensional adversarial subspaces, seeded.
 ``adversary``  the exact random-subspace adversary: tau*(x, S) per test point (one pass gives E_adv for every tau).
+``cutting``    n3 >= 2: candidates in increasing half-space lower bound, each solved by constraint generation.
 ``qp``         exact per-candidate programs (Goldfarb-Idnani active set; cvxpy/CLARABEL reference).
 ``linear``     the linear protocol and its exact adversary.
 ``tuning``     data-driven tau: exact batch minimisation of g = E_adv + c D_nat, online continuous exponential weights.

@@ -62,8 +62,13 @@ The fast ``n3 = 1`` path (:func:`tau_star`): the ``N``-wide float64 products are
 time (memory ``O(chunk * N)``); a batched torch first level solves the problem on the ``k0`` points of smallest
 ``h`` with the closed-form intervals and certifies it by Lemma 4; every test point not certified goes through the
 exact lifted hull (Lemma 5) -- or, with ``line_method="scan"``, through growing level sets with the Lemma 2/3
-candidate scan.  General ``n3`` uses the level-set scan with one exact projection per visited candidate
-(:func:`advrep.abstain.qp.project_polyhedron`, or cvxpy).  :func:`tau_star_naive` is the definition itself (every
+candidate scan.  General ``n3`` (default ``solver="cutting_plane"``, :mod:`advrep.abstain.cutting`) visits the
+candidates in increasing half-space lower bound (Lemma 6) and solves each by constraint generation: a projection on a
+few constraints, checked against all of them with one product; ``solver="active_set"`` is the previous exact path, the
+level-set scan with one projection per visited candidate on every level constraint
+(:func:`advrep.abstain.qp.project_polyhedron`, or cvxpy): the benchmark's peer and a test reference.
+Chunks shrink so that one block of ``q, u, h2`` and products holds at most ``MAX_CHUNK_DOUBLES`` doubles.
+:func:`tau_star_naive` is the definition itself (every
 wrong-class candidate, every other point as a constraint): the baseline and the test reference.
 """
 
@@ -75,9 +80,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cutting import point_tau2
 from .qp import candidate_value_cvxpy, polyhedron_value2
 from .subspace import random_subspaces
 
+SOLVERS = ("cutting_plane", "active_set", "cvxpy")  # n3 >= 2
+MAX_CHUNK_DOUBLES = 2 ** 26  # q, u, h2 and the product of one chunk: at most ~512 MiB (chunk shrinks with N, n3)
 MARGIN_REL = 1e-9  # rounding margin on h^2, relative to (max ||x_k - c||^2 + ||x - c||^2), c = training mean
 
 
@@ -390,7 +398,13 @@ def _solve_chunk(q, u, h2, tt, yl, ty, X, Bs, T, out, r0, *, k0, solver, line_me
         done = best < V2
         tau2[done] = best[done]
         st["certified_level1"] += int(done.sum())
+    wrong_nn = nn_label != ty
     for r in np.flatnonzero(~done):
+        if n3 > 1 and solver == "cutting_plane":
+            # bound-ordered candidates + constraint generation (advrep.abstain.cutting), seeded with the natural point
+            tau2[r] = point_tau2(u[r], q[r], h2[r], same[r], float(q[r, nn[r]]) if wrong_nn[r] else math.inf,
+                                 stats=st)
+            continue
         if n3 == 1 and line_method == "hull":
             tau2[r] = line_tau_star2(u[r, :, 0], q[r], ~same[r])
             st["hull_rows"] += 1
@@ -402,7 +416,6 @@ def _solve_chunk(q, u, h2, tt, yl, ty, X, Bs, T, out, r0, *, k0, solver, line_me
         st["levels"] += lev
         st["visited"] += vis
     # Natural point bound (module docstring): x itself is misclassified by its nearest point.
-    wrong_nn = nn_label != ty
     tau2[wrong_nn] = np.minimum(tau2[wrong_nn], d_nn[wrong_nn] ** 2)
     out["tau2"][sl_out] = tau2
     out["d_nn"][sl_out] = d_nn
@@ -410,8 +423,8 @@ def _solve_chunk(q, u, h2, tt, yl, ty, X, Bs, T, out, r0, *, k0, solver, line_me
 
 
 def tau_star_multi(train_feats, train_labels, test_feats, test_labels, keeps, *, n3: int = 1, seed: int = 0,
-                   subspaces: np.ndarray | None = None, k0: int = 128, chunk: int = 256, solver: str = "active_set",
-                   line_method: str = "hull", threads: int | None = None,
+                   subspaces: np.ndarray | None = None, k0: int = 128, chunk: int = 256,
+                   solver: str = "cutting_plane", line_method: str = "hull", threads: int | None = None,
                    progress: bool = False) -> list[AttackResult]:
     """:func:`tau_star` for several kept subsets of one training set (e.g. Algorithm 1's preprocessing at several
     sigma) with the same subspaces: the ``N``-wide products are formed once per chunk and sliced per subset.
@@ -420,6 +433,8 @@ def tau_star_multi(train_feats, train_labels, test_feats, test_labels, keeps, *,
     """
     import torch
 
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -428,10 +443,12 @@ def tau_star_multi(train_feats, train_labels, test_feats, test_labels, keeps, *,
     M = len(T)
     cols = [np.arange(len(X)) if k is None else np.flatnonzero(np.asarray(k, dtype=bool)) for k in keeps]
     outs = [{"tau2": np.full(M, math.inf), "d_nn": np.full(M, math.inf), "nn_label": np.full(M, -1, dtype=np.int64),
-             "stats": {"certified_level1": 0, "hull_rows": 0, "levels": 0, "visited": 0}} for _ in cols]
+             "stats": {"certified_level1": 0, "hull_rows": 0, "levels": 0, "visited": 0, "qp_solves": 0}}
+             for _ in cols]
     if len(X):
         xx = (X * X).sum(1)
         max_xx = float(xx.max())
+        chunk = max(1, min(chunk, MAX_CHUNK_DOUBLES // (len(X) * (2 * n3 + 3))))
         for r0 in range(0, M, chunk):
             r1 = min(M, r0 + chunk)
             q, u, h2, tt = _rows(X, xx, T, Bs, r0, r1)
@@ -450,13 +467,15 @@ def tau_star_multi(train_feats, train_labels, test_feats, test_labels, keeps, *,
 
 
 def tau_star(train_feats, train_labels, test_feats, test_labels, *, n3: int = 1, seed: int = 0,
-             subspaces: np.ndarray | None = None, k0: int = 128, chunk: int = 256, solver: str = "active_set",
+             subspaces: np.ndarray | None = None, k0: int = 128, chunk: int = 256, solver: str = "cutting_plane",
              line_method: str = "hull", threads: int | None = None, progress: bool = False) -> AttackResult:
     """Exact ``tau*(x, S)`` for every test point (see module docstring), plus the natural nearest neighbour.
 
     ``subspaces``: (M, d, n3) orthonormal bases; drawn by :func:`random_subspaces` from ``seed`` when omitted.
     ``k0``: size of the batched first level (n3 = 1; 0 disables it).  ``chunk``: test points per block of products.
-    ``solver`` (n3 >= 2 only): ``"active_set"`` (exact Goldfarb-Idnani) or ``"cvxpy"`` (CLARABEL).
+    ``solver`` (n3 >= 2 only): ``"cutting_plane"`` (bound-ordered candidates, constraint generation:
+    :mod:`advrep.abstain.cutting`), ``"active_set"`` (the h-ordered level-set scan, one Goldfarb-Idnani projection
+    with every level constraint per visited candidate) or ``"cvxpy"`` (that scan with CLARABEL).
     ``line_method`` (n3 = 1, test points not certified by the batched first level): ``"hull"`` (Lemma 5, all points
     at once) or ``"scan"`` (growing level sets with the Lemma 2/3 candidate scan).
     """
