@@ -8,16 +8,29 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)  # DAG-time helpers below (rule scripts import rules/scripts/_advrep_src.py instead)
 
 import advrep.config as advconfig
-from advrep.data import availability, file_name_pattern
+from advrep.data import availability, config_params, file_name_pattern, resolve_standins
 
 validate(config, schema="../config/schema.yaml")
 config.update(advconfig.resolve(config))
-validate(config, schema="../config/schema.yaml")  # the by_scale overlays, merged, obey the schema too
 
 SCALE = config["scale"]
 RES = f"results/{SCALE}"
 DATA = "results/data"  # prepared datasets are scale-independent (content-hashed)
 DOWNLOAD = advconfig.download_enabled(config["data"], SCALE)
+
+
+def standin_available(name):
+    """Can the stand-in ``name`` built from real data (fashion28, fashion32) be obtained? File existence only."""
+    try:
+        return availability(name, root=config["data"]["root"], mirror=config["data"]["mirror"], download=DOWNLOAD)[0]
+    except ImportError:  # the check needs torchvision (see dataset_available): fall back to the bundled digits
+        return False
+
+
+# The one stand-in resolver: every `standin28` / `standin32` in the config becomes fashion28 / fashion32 where
+# Fashion-MNIST is at hand (cache, data.mirror, or download), digits28 / digits32 otherwise (advrep.data.standins).
+config.update(resolve_standins(config, standin_available))
+validate(config, schema="../config/schema.yaml")  # the by_scale overlays, merged and resolved, obey the schema too
 
 # paper -> the result targets the workflow produces for it (each: results/<scale>/<paper>/<target>.csv + figures)
 PAPER_TARGETS = {

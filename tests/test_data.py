@@ -60,7 +60,8 @@ def dir_entries(folder: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ registry
 
 def test_registry_names():
-    assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "digits28", "digits32", "planes"}
+    assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "digits28", "digits32", "fashion28",
+                             "fashion32", "planes"}
 
 
 def test_unknown_dataset_and_params(tmp_path):

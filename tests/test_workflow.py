@@ -123,9 +123,14 @@ def test_smoke_dag_end_to_end(tmp_path):
     args = ["--cores", "2"]
     if have_real:
         args += ["--config", f'data={{"mirror": {json.dumps(str(Path(FMNIST).parent))}}}']
-    r = smk(*args, cwd=work, timeout=900)
+    r = smk(*args, cwd=work, timeout=1800)  # a limit for a hung run; the smoke budget is measured, not tested
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     res = work / "results" / "smoke"
+    # the smoke stand-ins: Fashion-MNIST subsets where the copy is at hand, the bundled digits otherwise
+    s28, s32 = ("fashion28", "fashion32") if have_real else ("digits28", "digits32")
+    assert (work / "results" / "data" / f"{s32}.npz").is_file()
+    assert not any((work / "results" / "data" / f"{n}.npz").exists()
+                   for n in {"digits28", "digits32", "fashion28", "fashion32"} - {s28, s32})
     for rel in ["lipreg/table4.csv", "lipreg/table4.provenance.json", "lipreg/figure1.csv", "lipreg/figure1.png",
                 *[f"lipreg/{t}.{ext}" for t in ("table1", "table2", "table3", "table5", "table6")
                   for ext in ("csv", "provenance.json")],
@@ -149,8 +154,9 @@ def test_smoke_dag_end_to_end(tmp_path):
     t4 = pd.read_csv(res / "lipreg" / "table4.csv").set_index(["row", "column"])
     lip = t4.xs("Lipschitz constant")
     # stand-ins are computed, flagged and never under a paper column
-    assert lip.loc["digits28 (stand-in)", "status"] == "ok"
-    assert not lip.loc["digits28 (stand-in)", "comparable"]
+    assert lip.loc[f"{s28} (stand-in)", "status"] == "ok" and lip.loc[f"{s32} (stand-in)", "status"] == "ok"
+    assert not lip.loc[f"{s28} (stand-in)", "comparable"]
+    assert f"stand-in data: {s28} in place of mnist-like" in lip.loc[f"{s28} (stand-in)", "reason"]
     for col in ("MNIST", "CIFAR-10", "CIFAR-100"):
         assert lip.loc[col, "status"] == "not run" and pd.isna(lip.loc[col, "value"])
         assert "data.mirror" in lip.loc[col, "reason"]
@@ -177,7 +183,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert len(ab) == len(registry.load("abstain").numbers) and ab["reproduced"].notna().all()
     assert (ab["verdict"] == "not comparable").all() and ab["reason"].str.contains("stand-in").all()
     fprov = json.loads((res / "abstain" / "table1.provenance.json").read_text())
-    assert fprov["datasets"][0]["name"] == "digits32"
+    assert fprov["datasets"][0]["name"] == s32
     assert set(fprov["attack_passes"]) == {"simclr", "supcon"}
 
     # lipreg: every number outside Table 4 computed on the stand-ins or said why not; none "not run yet"
@@ -185,7 +191,11 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert len(lr) == len(registry.load("lipreg").numbers)
     assert not lr["reason"].fillna("").str.contains("not run yet").any()
     rest = lr[lr["target"] != "table4"]
-    assert (rest["verdict"] == "not comparable").all() and rest["reproduced"].notna().mean() >= 0.9
+    # on fashion32 the tiny smoke models break too few of their 16 test images within the search radius for Table 6's
+    # detector cells and the "median time" cells (they say so); the digits leave fewer such cells
+    assert (rest["verdict"] == "not comparable").all() and rest["reproduced"].notna().mean() >= (0.85 if have_real
+                                                                                                 else 0.9)
+    assert rest.loc[rest["reproduced"].isna(), "reason"].fillna("").str.len().gt(0).all()
     lrc = pd.read_csv(res / "audit" / "lipreg.claims.csv")
     assert not lrc["reason"].fillna("").str.contains("not run yet").any()
 
@@ -195,6 +205,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert not so["reason"].str.contains("not run yet").any() and so["reason"].str.contains("stand-in").all()
     core = so[(so["target"] != "table4") | so["column"].isin(["adaptive step 1", "adaptive step 2"])]
     assert core["reproduced"].notna().all()
+    assert so["reason"].str.contains(f"stand-in data: {s32} in place of CIFAR-10").all()
     soc = pd.read_csv(res / "audit" / "sonet.claims.csv")
     assert soc["on_this_run"].isin(["holds", "fails"]).all()  # every claim evaluates on the data at hand
 
@@ -202,7 +213,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     oa = pd.read_csv(res / "audit" / "oaat.csv")
     assert len(oa) == len(registry.load("oaat").numbers) and oa["reproduced"].notna().all()
     assert (oa["verdict"] == "not comparable").all() and not oa["reason"].str.contains("not run yet").any()
-    assert oa["reason"].str.contains("stand-in data: digits32 in place of CIFAR-").all()
+    assert oa["reason"].str.contains(f"stand-in data: {s32} in place of CIFAR-").all()
     oac = pd.read_csv(res / "audit" / "oaat.claims.csv")
     assert not oac["reason"].fillna("").str.contains("not run yet").any()
     assert oac["on_this_run"].isin(["holds", "fails"]).all()

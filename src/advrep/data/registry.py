@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import real, synthetic
+from . import real, standins, synthetic
 from .errors import DatasetUnavailable
 from .prepared import arrays_sha256, write_prepared
 
@@ -13,7 +13,7 @@ from .prepared import arrays_sha256, write_prepared
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    kind: str                      # 'real' | 'bundled' | 'generated'
+    kind: str                      # 'real' | 'bundled' | 'generated' | 'derived' (a stand-in built from `base`)
     description: str
     shape: tuple | None            # (H, W, C) for images; None where it depends on params (planes: (codim + 2,))
     n_classes: int
@@ -21,6 +21,7 @@ class DatasetSpec:
     torchvision: str | None = None  # torchvision.datasets class for real data
     defaults: dict = field(default_factory=dict)   # accepted params and their defaults
     required: tuple = ()                           # params without default
+    base: str | None = None                        # the real dataset a 'derived' one is built from
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -34,6 +35,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits32": DatasetSpec("digits32", "bundled", "scikit-learn digits resized to 32x32x3 (grey replicated)",
                             (32, 32, 3), 10, standin_for="cifar-like 32x32x3",
                             defaults=dict(synthetic.DIGITS_DEFAULTS)),
+    "fashion28": DatasetSpec("fashion28", "derived", "seeded class-balanced subset of Fashion-MNIST, 28x28x1",
+                             (28, 28, 1), 10, standin_for="mnist-like 28x28x1", base="fashion_mnist",
+                             defaults=dict(standins.STANDIN_DEFAULTS)),
+    "fashion32": DatasetSpec("fashion32", "derived", "seeded class-balanced subset of Fashion-MNIST, zero-padded to "
+                             "32x32, grey repeated to 3 channels", (32, 32, 3), 10, standin_for="cifar-like 32x32x3",
+                             base="fashion_mnist", defaults=dict(standins.STANDIN_DEFAULTS)),
     "planes": DatasetSpec("planes", "generated",
                           "PLANES (Khoury & Hadfield-Menell 2018), two 2-D planes in R^(codim+2)", None, 2,
                           defaults=dict(synthetic.PLANES_DEFAULTS), required=("codim",)),
@@ -78,12 +85,23 @@ def _params(spec: DatasetSpec, params: dict) -> dict:
     return {**spec.defaults, **params}
 
 
+def config_params(name: str, data_cfg: dict) -> dict:
+    """The parameters the config sets for prepared file ``name``: the ``data.standins`` block (subset sizes, seed)
+    for the stand-ins built from real data, nothing for the others."""
+    base, _ = parse_name(name)
+    if _spec(base).kind != "derived":
+        return {}
+    return {k: data_cfg.get("standins", {}).get(k, v) for k, v in standins.STANDIN_DEFAULTS.items()}
+
+
 def availability(name: str, *, root, mirror=None, download=False) -> tuple[bool, str]:
     """Can :func:`prepare` obtain ``name``?  File-existence checks only (nothing is read or decoded).
 
     Returns ``(True, where from)`` or ``(False, why not and how to provide it)``.
     """
     spec = _spec(name)
+    if spec.kind == "derived":
+        return real.availability(real.REAL[spec.base], root=root, mirror=mirror, download=download)
     if spec.kind == "bundled":
         return True, "bundled with scikit-learn"
     if spec.kind == "generated":
@@ -112,35 +130,51 @@ def prepare(name: str, out_path, *, root, mirror=None, download=False, **params)
                     definition="voronoi paper (003_ecf3e37839b8b53b.txt) line 82; grid anchored at -extent",
                     grid_points_per_axis={"train": len(synthetic.planes_axes(params["extent"], params["side"])[0]),
                                           "test": len(synthetic.planes_axes(params["extent"], params["side"])[1])})
+    elif spec.kind == "derived":
+        (x_tr, y_tr), (x_te, y_te), base_meta = _obtain_real(spec.base, root, mirror, download)
+        x_tr, y_tr, x_te, y_te, info = standins.make_standin(spec.shape, x_tr, y_tr, x_te, y_te, spec.n_classes,
+                                                             **params)
+        meta.update({k: base_meta[k] for k in ("source", "origin", "verified_by", "split_verified_by", "files",
+                                               "classes")})
+        meta.update(shape=list(spec.shape), definition="advrep.data.standins (module docstring)",
+                    derived_from={"name": spec.base, "split_sha256": base_meta["split_sha256"]}, **info)
     else:
-        rspec = real.REAL[name]
-        found, source = None, None
-        if root is not None:
-            found, _ = real.locate(root, rspec)
-            source = "cache"
-        if found is None and mirror is not None:
-            found, _ = real.locate(mirror, rspec)
-            source = "mirror"
-        if found is None:
-            if not download:
-                raise DatasetUnavailable(real.unavailable_message(rspec, root, mirror, download))
-            if root is None:
-                raise DatasetUnavailable(f"dataset {name!r}: `data.download` needs `data.root` to download into")
-            real.download(rspec, root, mirror)
-            found, why = real.locate(root, rspec)
-            source = "download"
-            if found is None:
-                raise DatasetUnavailable(real.unavailable_message(
-                    rspec, root, mirror, download,
-                    extra=f"torchvision reported success but the files are not where expected ({why})."))
-        arrays, records, split_verified, classes = real.read(rspec, found, source)
-        (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
-        kinds = list(dict.fromkeys(split_verified[s] for s in ("train", "test")))
-        meta.update(source=source, origin=str(found.folder if found.mode == "files" else found.paths["archive"]),
-                    verified_by=" + ".join(kinds), split_verified_by=split_verified, files=records,
-                    shape=list(rspec.shape), torchvision_class=f"torchvision.datasets.{rspec.tv_class}",
-                    classes=classes)
-        if source == "download":
-            meta["downloaded_from_one_of"] = real.download_urls(rspec)
+        (x_tr, y_tr), (x_te, y_te), real_meta = _obtain_real(name, root, mirror, download)
+        meta.update(real_meta)
     meta["split_sha256"] = {"train": arrays_sha256(x_tr, y_tr), "test": arrays_sha256(x_te, y_te)}
     return write_prepared(out_path, x_tr, y_tr, x_te, y_te, meta)
+
+
+def _obtain_real(name, root, mirror, download):
+    """Find (cache, then mirror, then download), verify and decode real dataset ``name``:
+    ``((x_train, y_train), (x_test, y_test), meta)``."""
+    rspec = real.REAL[name]
+    found, source = None, None
+    if root is not None:
+        found, _ = real.locate(root, rspec)
+        source = "cache"
+    if found is None and mirror is not None:
+        found, _ = real.locate(mirror, rspec)
+        source = "mirror"
+    if found is None:
+        if not download:
+            raise DatasetUnavailable(real.unavailable_message(rspec, root, mirror, download))
+        if root is None:
+            raise DatasetUnavailable(f"dataset {name!r}: `data.download` needs `data.root` to download into")
+        real.download(rspec, root, mirror)
+        found, why = real.locate(root, rspec)
+        source = "download"
+        if found is None:
+            raise DatasetUnavailable(real.unavailable_message(
+                rspec, root, mirror, download,
+                extra=f"torchvision reported success but the files are not where expected ({why})."))
+    arrays, records, split_verified, classes = real.read(rspec, found, source)
+    (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
+    kinds = list(dict.fromkeys(split_verified[s] for s in ("train", "test")))
+    meta = dict(source=source, origin=str(found.folder if found.mode == "files" else found.paths["archive"]),
+                verified_by=" + ".join(kinds), split_verified_by=split_verified, files=records,
+                shape=list(rspec.shape), torchvision_class=f"torchvision.datasets.{rspec.tv_class}",
+                classes=classes, split_sha256={"train": arrays_sha256(x_tr, y_tr), "test": arrays_sha256(x_te, y_te)})
+    if source == "download":
+        meta["downloaded_from_one_of"] = real.download_urls(rspec)
+    return (x_tr, y_tr), (x_te, y_te), meta

@@ -29,6 +29,10 @@ scaled to [0, 1], std over all pixels with ddof 0):
 * ``digits28`` / ``digits32``: computed here from :func:`advrep.data.synthetic.make_digits` (train split of 1347
   images): 28x28x1 mean 0.305283, std 0.324511; 32x32x3 (grey replicated) mean 0.305275, std 0.323446 per channel.
   Rounded to 4 decimals; ``tests/test_models.py`` recomputes them.
+* ``fashion28`` / ``fashion32``: the Fashion-MNIST stand-ins (:mod:`advrep.data.standins`), statistics of the whole
+  Fashion-MNIST training split as the stand-in shows it (not of the configured subset, so they do not move with
+  ``data.standins``): 28x28x1 those of ``fashion_mnist``; zero-padded to 32x32 mean 0.219000, std 0.331811 per
+  channel.  ``tests/test_standins.py`` recomputes them from Debian's copy when it is installed.
 * ``none``: no normalisation (``nn.Identity``).
 """
 
@@ -49,6 +53,8 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "digits28": ((0.3053,), (0.3245,)),
     "digits32": ((0.3053, 0.3053, 0.3053), (0.3234, 0.3234, 0.3234)),
+    "fashion28": ((0.2860,), (0.3530,)),
+    "fashion32": ((0.2190, 0.2190, 0.2190), (0.3318, 0.3318, 0.3318)),
     "none": None,
 }
 

@@ -295,7 +295,8 @@ def validate(cfg: dict) -> None:
 
 
 IMAGE_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "digits32": (3, 32, 32), "digits28": (1, 28, 28),
-                "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
+                "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "fashion32": (3, 32, 32), "fashion28": (1, 28, 28),
+                "standin32": (3, 32, 32), "standin28": (1, 28, 28)}  # symbolic (advrep.data.standins): either shape
 
 
 def data_deviations(settings: dict, meta: dict) -> list[str]:
