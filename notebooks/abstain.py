@@ -15,7 +15,8 @@
 # workflow (`rules/notebooks.smk`); run it by hand with `RESULTS = "results/smoke"` set.
 #
 # The pipeline: contrastive encoders (SimCLR, SupCon) give 512-d features of CIFAR-10 (at smoke scale: a tiny
-# encoder on scikit-learn's digits, a stand-in). For every test point a Haar-random line (n3 = 1) through its
+# encoder on a stand-in: Fashion-MNIST subset where mirrored, else scikit-learn's digits). For every test point a
+# Haar-random line (n3 = 1) through its
 # feature is drawn; the **exact** adversary computes `tau*(x, S)`, the smallest threshold at which some point of the
 # line is classified into a wrong class without abstention. One pass therefore gives the robust error at every
 # threshold `tau` and, per kept training set, every outlier-removal threshold `sigma`.

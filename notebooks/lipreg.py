@@ -32,7 +32,8 @@ pd.set_option("display.max_colwidth", 120)
 # ## Table 4 — Lipschitz constant of the training set
 # `1 / min ||x_i - x_j||` over training images of different classes, pixels in [0, 1], computed exactly
 # (faiss search with a proven rounding bound, then exact integer re-check of every candidate). A column whose
-# dataset is missing here is *not run*; stand-in columns (scikit-learn digits) carry their own names.
+# dataset is missing here is *not run*; stand-in columns (Fashion-MNIST subsets where mirrored, else scikit-learn
+# digits) carry their own names.
 
 # %%
 t4 = pd.read_csv(res / "table4.csv")

@@ -20,8 +20,8 @@
 #
 # This notebook reads the workflow's results for the paper and its audit. It is executed by the workflow
 # (`rules/notebooks.smk`); run it by hand with `RESULTS = "results/smoke"` set. At smoke scale the models are tiny
-# and trained for two epochs on a 32x32 stand-in (scikit-learn's digits), so the numbers show the machinery, not the
-# paper's findings; every cell says why it is not comparable.
+# and trained for one epoch on a 32x32 stand-in (a Fashion-MNIST subset where mirrored, else scikit-learn's digits),
+# so the numbers show the machinery, not the paper's findings; every cell says why it is not comparable.
 
 # %%
 import json

@@ -215,7 +215,8 @@ pd.DataFrame(p3.get("datasets", []))
 # $\epsilon$ = 0.4 for 150 epochs. Attacks: MNIST 300-step PGD with step sizes {0.05, 0.07, 0.1, 0.15, 0.17, 0.2},
 # CIFAR-10 20-step PGD with step sizes {2, 3, 4}/255, FGSM on both, counted *per sample*. The pretrained challenge
 # models cannot be downloaded here: our Madry rows are models trained with the challenge recipe. At smoke scale
-# every model is a tiny one trained for a few epochs on the bundled digits stand-ins, so nothing is comparable.
+# every model is a tiny one trained for a few epochs on the stand-ins (Fashion-MNIST subsets where mirrored, else the
+# bundled digits), so nothing is comparable.
 
 # %%
 display(Image(filename=str(res / "figure4.png")))

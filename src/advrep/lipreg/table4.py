@@ -1,8 +1,8 @@
 """lipreg Table 4: Lipschitz constants of training sets, one column per dataset.
 
 Columns are the paper's (MNIST, FashionMNIST, CIFAR-10, CIFAR-100).  A column whose dataset is not available here is
-reported as ``not run`` with the reason; a stand-in dataset (scikit-learn digits) gets its own column named after
-it, never the paper's column name, so no stand-in number can be read as a paper-data number.
+reported as ``not run`` with the reason; a stand-in dataset (scikit-learn digits or a Fashion-MNIST subset) gets its
+own column named after it, never the paper's column name, so no stand-in number can be read as a paper-data number.
 """
 
 from __future__ import annotations
