@@ -8,7 +8,9 @@ A cell is comparable only when no reason speaks against it; a value that is miss
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from .config import number
 
@@ -41,6 +43,24 @@ def same_setting(got, paper) -> bool:
         return False
 
 
+def load_job(csv_path, json_path) -> tuple:
+    """One training + evaluation job's files: (per-sample table, summary dict)."""
+    from .evaluate import read_per_sample
+
+    return read_per_sample(csv_path), json.loads(Path(json_path).read_text())
+
+
+def dataset_tag(meta: dict) -> str:
+    from .provenance import dataset_tag as tag  # lazy: the workflow imports the paper modules at DAG time
+
+    return tag(meta)
+
+
+def job_datasets(jobs: dict) -> list[dict]:
+    """The distinct prepared datasets (meta dicts) of ``{job: (table, summary)}``, for the provenance record."""
+    return list({js["meta"].get("content_sha256"): js["meta"] for _df, js in jobs.values()}.values())
+
+
 def show_setting(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -71,6 +91,13 @@ class Cells:
             cell.update(value=float(value), status="ok", comparable=not reasons)
         self.rows.append(cell)
         return cell
+
+    def add_timings(self, jobs: dict) -> None:
+        """Per job of ``{job: (table, summary)}``: its training and evaluation seconds (never a result)."""
+        for job, (_df, js) in jobs.items():
+            timing = dict(unit="seconds", reasons=["timing, not a result"], dataset=dataset_tag(js["meta"]))
+            self.add(f"{job}", "seconds (training)", js["seconds_train"], **timing)
+            self.add(f"{job}", "seconds (evaluation)", js["seconds_eval"], **timing)
 
     def missing(self, row, column, reason: str, *, unit="percent", dataset="") -> dict:
         """A cell that cannot be computed here, with its reason."""

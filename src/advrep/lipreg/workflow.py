@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import number
-from ..results import Cells, dotted_get, same_setting, show_setting
+from ..results import Cells, dataset_tag, dotted_get, job_datasets, load_job, same_setting, show_setting
 from . import statistics as S
 
 # --- the paper's line-up ---------------------------------------------------------------------------------------
@@ -317,12 +317,6 @@ def run_job(data_file, out_csv, out_json, *, settings: dict, seed: int, workdir,
     return summary
 
 
-def load_job(csv_path, json_path) -> tuple:
-    from ..evaluate import read_per_sample
-
-    return read_per_sample(csv_path), json.loads(Path(json_path).read_text())
-
-
 # --- aggregations of the per-sample table --------------------------------------------------------------------------
 
 def dist(df, attack: str, norm: str) -> np.ndarray:
@@ -350,12 +344,6 @@ def grad_stat(df, which: str, how: str) -> float:
     return (max_gradient_norm if how == "max" else mean_gradient_norm)(df, which)
 
 
-def _tag(meta: dict) -> str:
-    from ..provenance import dataset_tag
-
-    return dataset_tag(meta)
-
-
 def _budget(s: dict, attack: str) -> list[str]:
     """Our choices for an attack the paper does not give (search radius, bisection, PGD/I-FGSM steps)."""
     a = s["attacks"][attack]
@@ -373,7 +361,7 @@ def _stat_rows(row: str, df, js: dict, cells: Cells) -> None:
     """One row of Tables 2/3: the paper's cells (PGD for the 2-norm, I-FGSM for the inf-norm, L442) and, beside
     them, the per-sample worst case over the four attacks."""
     s, meta = js["settings"], js["meta"]
-    tag = _tag(meta)
+    tag = dataset_tag(meta)
     base = deviations(s, meta)
     pgd = base + attack_deviations(s, ["pgd"])
     ifg = base + attack_deviations(s, ["ifgsm"])
@@ -417,12 +405,12 @@ def _table1(jobs: dict, cells: Cells) -> None:
     for job, column in columns:
         df, js = jobs[job]
         s, meta = js["settings"], js["meta"]
-        tag, base = _tag(meta), deviations(s, meta)
+        tag, base = dataset_tag(meta), deviations(s, meta)
         if job == MADRY:
             cells.missing("test error (undefended model)", column,
                           "the naturally trained model behind Madry et al.'s quoted number is not trained here")
         else:
-            cells.add("test error (undefended model)", column, clean_error(und_df), dataset=_tag(und_js["meta"]),
+            cells.add("test error (undefended model)", column, clean_error(und_df), dataset=dataset_tag(und_js["meta"]),
                       reasons=deviations(und_js["settings"], und_js["meta"]))
         cells.add("test error (defended model)", column, clean_error(df), reasons=base, dataset=tag)
         cells.add("l2 PGD (||eps||_2 = 100/255)", column, S.error_at(dist(df, "pgd", "l2"), 100 / 255), dataset=tag,
@@ -448,7 +436,7 @@ def _table5(jobs: dict, cells: Cells) -> None:
         r_df, r_js = jobs[f"{ds}_tv001_lip01"]
         why = deviations(u_js["settings"], u_js["meta"]) + deviations(r_js["settings"], r_js["meta"])
         why += attack_deviations(r_js["settings"], ["pgd"])
-        tag = _tag(r_js["meta"])
+        tag = dataset_tag(r_js["meta"])
         note = "regularised: l2 TV (eps=0.01) + Lipschitz (lambda=0.1)"
         cells.add("predicted improvement (ratio of model Total Variation)", column,
                   _ratio(grad_stat(u_df, "model", "mean"), grad_stat(r_df, "model", "mean")), unit="ratio", reasons=why,
@@ -487,7 +475,7 @@ def detection_summary(df, settings: dict) -> dict:
 def _table6(jobs: dict, cells: Cells) -> None:
     df, js = jobs[DETECTION_JOB]
     s, meta = js["settings"], js["meta"]
-    tag, base = _tag(meta), deviations(s, meta)
+    tag, base = dataset_tag(meta), deviations(s, meta)
     det = s["detection"]
     if not same_setting(det["percentile"], PAPER_DETECTION["percentile"]):
         base = base + [f"percentile {det['percentile']} (paper: 95, a 5% false-positive rate)"]
@@ -536,13 +524,13 @@ def _figure2(jobs: dict, cells: Cells, points: int, curves: dict) -> None:
         why = deviations(s, meta) + attack_deviations(s, ["pgd"]) + _budget(s, "pgd")
         d = dist(df, "pgd", "l2")
         curves[row] = (grid, S.error_curve(d, grid))
-        _curve_rows(f"{row}: l2 PGD error curve", d, grid, cells, _tag(meta), why, "l2")
+        _curve_rows(f"{row}: l2 PGD error curve", d, grid, cells, dataset_tag(meta), why, "l2")
         if s["defence"] == "tv01_lip01":  # L490: "at 23% error, we had an adversarial robustness distance of 0.25"
             finite = np.sort(d)
             k = int(math.ceil(0.23 * len(finite))) - 1
             v = float(finite[max(k, 0)])
             cells.add(row, "l2 adversarial distance at 23% error", v, unit="distance", reasons=why,
-                      dataset=_tag(meta), note="smallest l2 PGD distance at which the error curve reaches 23%")
+                      dataset=dataset_tag(meta), note="smallest l2 PGD distance at which the error curve reaches 23%")
 
 
 def best_regularised(jobs: dict) -> str:
@@ -557,7 +545,7 @@ def _figure3(jobs: dict, cells: Cells, points: int, curves: dict) -> None:
     for row, job in (("undefended model", "cifar10_undefended"), ("best regularized model", best)):
         df, js = jobs[job]
         s, meta = js["settings"], js["meta"]
-        tag = _tag(meta)
+        tag = dataset_tag(meta)
         note = f"{job}" + (" (largest median l2 PGD distance of the penalised CIFAR-10 models)" if job == best else "")
         for norm, name in (("l2", "l2"), ("linf", "inf")):
             grid = _grid(np.concatenate([dist(df, a, norm) for a in FOUR]), points)
@@ -577,7 +565,7 @@ FIGURE4_ROWS = {"Clean": None, "PGD attacked": "pgd", "Boundary attacked": "boun
 def _figure4(jobs: dict, cells: Cells, bins: int, hists: dict) -> None:
     df, js = jobs[DETECTION_JOB]
     s, meta = js["settings"], js["meta"]
-    tag, base = _tag(meta), deviations(s, meta)
+    tag, base = dataset_tag(meta), deviations(s, meta)
     values = {}
     for row, a in FIGURE4_ROWS.items():
         if a is None:
@@ -633,13 +621,9 @@ def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int, o
         _figure3(jobs, cells, int(fig.get("curve_points", 41)), plotted)
     else:
         _figure4(jobs, cells, int(fig.get("histogram_bins", 30)), plotted)
-    for job, (_df, js) in jobs.items():
-        timing = dict(unit="seconds", reasons=["timing, not a result"], dataset=_tag(js["meta"]))
-        cells.add(f"{job}", "seconds (training)", js["seconds_train"], **timing)
-        cells.add(f"{job}", "seconds (evaluation)", js["seconds_eval"], **timing)
-    metas = {js["meta"].get("content_sha256"): js["meta"] for _df, js in jobs.values()}
+    cells.add_timings(jobs)
     prov = provenance.record(
-        paper="lipreg", target=target, scale=scale, seed=seed, datasets=list(metas.values()),
+        paper="lipreg", target=target, scale=scale, seed=seed, datasets=job_datasets(jobs),
         settings={j: js["settings"] for j, (_df, js) in jobs.items()},
         extra={"our_choices_not_in_paper": [
             "training recipe (tulip's), FGSM-AT eps (tulip's AT ball)",

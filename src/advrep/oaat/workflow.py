@@ -29,7 +29,6 @@ and its evaluation weights; :func:`run_table` assembles one target; :func:`run_f
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import merge, number
-from ..results import Cells, dotted_get
+from ..results import Cells, dataset_tag, dotted_get, job_datasets, load_job
 
 # --- the paper's line-up ---------------------------------------------------------------------------------------
 
@@ -551,12 +550,6 @@ def run_job(data_file, out_csv, out_json, out_model, *, settings: dict, seed: in
     return summary
 
 
-def load_job(csv_path, json_path) -> tuple:
-    from ..evaluate import read_per_sample
-
-    return read_per_sample(csv_path), json.loads(Path(json_path).read_text())
-
-
 # --- the tables ----------------------------------------------------------------------------------------------------
 
 def _acc(df, label: str | None = None, worst: int | None = None) -> float:
@@ -567,12 +560,6 @@ def _acc(df, label: str | None = None, worst: int | None = None) -> float:
     if label is None:
         return 100.0 * float(clean.mean())
     return 100.0 * float((clean & ~df[f"success:{label}"].astype(bool).to_numpy()).mean())
-
-
-def _tag(meta: dict) -> str:
-    from ..provenance import dataset_tag
-
-    return dataset_tag(meta)
 
 
 def _cell(df, js, column: str, attack: str | None, k: int | None):
@@ -589,7 +576,7 @@ def _table_rows(target: str, jobs: dict, cells: Cells) -> None:
         if job is None:
             continue
         df, js = jobs[job]
-        tag = _tag(js["meta"])
+        tag = dataset_tag(js["meta"])
         computed[job] = {}
         for column, attack, k in columns:
             value, reasons = _cell(df, js, column, attack, k)
@@ -610,7 +597,7 @@ def _table_rows(target: str, jobs: dict, cells: Cells) -> None:
 def _masking_rows(jobs: dict, cells: Cells) -> None:
     for job, (_df, js) in jobs.items():
         for r in js.get("masking") or []:
-            cells.rows.append({**r, "row": f"{job}: {r['row']}", "dataset": _tag(js["meta"])})
+            cells.rows.append({**r, "row": f"{job}: {r['row']}", "dataset": dataset_tag(js["meta"])})
 
 
 def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int) -> list[dict]:
@@ -629,13 +616,9 @@ def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int) -
         _table_rows(target, jobs, cells)
     else:
         _masking_rows(jobs, cells)
-    for job, (_df, js) in jobs.items():
-        timing = dict(unit="seconds", reasons=["timing, not a result"], dataset=_tag(js["meta"]))
-        cells.add(f"{job}", "seconds (training)", js["seconds_train"], **timing)
-        cells.add(f"{job}", "seconds (evaluation)", js["seconds_eval"], **timing)
-    metas = {js["meta"].get("content_sha256"): js["meta"] for _df, js in jobs.values()}
+    cells.add_timings(jobs)
     prov = provenance.record(
-        paper="oaat", target=target, scale=scale, seed=seed, datasets=list(metas.values()),
+        paper="oaat", target=target, scale=scale, seed=seed, datasets=job_datasets(jobs),
         settings={j: js["settings"] for j, (_df, js) in jobs.items()},
         extra={"our_choices_not_in_paper": [
             "every baseline's recipe (its own paper's/code's CIFAR-10 ResNet-18 setting; config oaat.methods)",
@@ -717,7 +700,7 @@ def run_figure1(data_file, model_files: dict, out_csv, out_png, *, settings: dic
     panels.append({"source": "AT, LPIPS-penalised (Oracle-Invariant)", "eps": oi_eps,
                    "x": _pgd(models["pgd_at"], x, y, oi_eps, steps, lpips=lp, lam=lam), "kind": "image"})
     rows = []
-    tag = _tag(p.meta)
+    tag = dataset_tag(p.meta)
     why = data_deviations(any_job, p.meta)
     for pan in panels:
         src = models["nt"] if pan["source"] == "NT" else models["pgd_at"]

@@ -26,14 +26,13 @@ data with the paper's stated settings (:func:`deviations`); otherwise its reason
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..config import number
-from ..results import Cells, dotted_get, same_setting, show_setting
+from ..results import Cells, dataset_tag, dotted_get, job_datasets, load_job, same_setting, show_setting
 
 # --- the paper's line-up ---------------------------------------------------------------------------------------
 
@@ -360,12 +359,6 @@ def run_job(data_file, out_csv, out_json, *, settings: dict, seed: int, workdir,
     return summary
 
 
-def load_job(csv_path, json_path) -> tuple:
-    from ..evaluate import read_per_sample
-
-    return read_per_sample(csv_path), json.loads(Path(json_path).read_text())
-
-
 # --- the tables ----------------------------------------------------------------------------------------------------
 
 def _acc(df, attack: str | None = None, norm: str | None = None) -> float:
@@ -382,7 +375,7 @@ def _t12_rows(table: str, jobs: dict, cells: Cells) -> None:
         for ch in CHANNELS:
             df, js = jobs[f"{arch}_{ch}"]
             s, meta = js["settings"], js["meta"]
-            tag = _tag(meta)
+            tag = dataset_tag(meta)
             base = deviations(s, meta)
             channel = f"Channel {CHANNELS[ch]}"
             if table == "table2":
@@ -432,7 +425,7 @@ def _t3_rows(jobs: dict, cells: Cells) -> None:
         for solver, tol, solver_label in rows:
             df, js = jobs[f"t3_{model}_{solver_key(solver, tol)}"]
             s, meta = js["settings"], js["meta"]
-            tag, base = _tag(meta), deviations(s, meta)
+            tag, base = dataset_tag(meta), deviations(s, meta)
             row = f"{label} / {solver_label}"
             cells.add(row, "A_nat", _acc(df), reasons=base, dataset=tag)
             for k in ("pgd20", "pgd1000"):
@@ -447,7 +440,7 @@ def _t4_rows(jobs: dict, cells: Cells) -> None:
     for tol in TABLE4_TOLS:
         df, js = jobs[f"t3_odenet_{solver_key('dopri5', tol)}"]
         s, meta = js["settings"], js["meta"]
-        tag = _tag(meta)
+        tag = dataset_tag(meta)
         t4 = s["table4"]
         base = deviations(s, meta) + attack_deviations(s, ["linf.eps", "linf.alpha"])
         if t4.get("max_images") is not None:
@@ -475,13 +468,7 @@ def _t4_rows(jobs: dict, cells: Cells) -> None:
 def _masking_rows(jobs: dict, cells: Cells) -> None:
     for job, (_df, js) in jobs.items():
         for r in js.get("masking") or []:
-            cells.rows.append({**r, "row": f"{job}: {r['row']}", "dataset": _tag(js["meta"])})
-
-
-def _tag(meta: dict) -> str:
-    from ..provenance import dataset_tag
-
-    return dataset_tag(meta)
+            cells.rows.append({**r, "row": f"{job}: {r['row']}", "dataset": dataset_tag(js["meta"])})
 
 
 def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int, out_png=None) -> list[dict]:
@@ -504,13 +491,9 @@ def run_table(target: str, out_csv, *, job_files: dict, scale: str, seed: int, o
         _t4_rows(jobs, cells)
     else:
         _masking_rows(jobs, cells)
-    for job, (_df, js) in jobs.items():
-        timing = dict(unit="seconds", reasons=["timing, not a result"], dataset=_tag(js["meta"]))
-        cells.add(f"{job}", "seconds (training)", js["seconds_train"], **timing)
-        cells.add(f"{job}", "seconds (evaluation)", js["seconds_eval"], **timing)
-    metas = {js["meta"].get("content_sha256"): js["meta"] for _df, js in jobs.values()}
+    cells.add_timings(jobs)
     prov = provenance.record(
-        paper="sonet", target=target, scale=scale, seed=seed, datasets=list(metas.values()),
+        paper="sonet", target=target, scale=scale, seed=seed, datasets=job_datasets(jobs),
         settings={j: js["settings"] for j, (_df, js) in jobs.items()},
         extra={"our_choices_not_in_paper": [
             "augmentation, the TRADES inner attack, PGD random starts, CW-Linf step size",
