@@ -25,11 +25,32 @@ def resolve(config: dict, scale: str | None = None) -> dict:
     """
     scale = scale or config["scale"]
     out = copy.deepcopy(config)
+    if "seeds" in out:
+        out["seeds"] = seeds(out["seeds"])
     for paper in PAPERS:
         for target, settings in (out.get(paper) or {}).items():
             if isinstance(settings, dict):
                 overlay = settings.pop("by_scale", {}) or {}
                 out[paper][target] = merge(settings, overlay.get(scale, {}) or {})
+    return out
+
+
+def seeds(values) -> list[int]:
+    """The config's ``seeds`` as distinct integers >= 0, in the order given (``--config 'seeds=[0,1]'`` passes
+    strings)."""
+    out = []
+    for v in values:
+        try:
+            s = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"config seeds: {v!r} is not an integer; write e.g. seeds: [0, 1, 2]") from None
+        if s < 0 or isinstance(v, bool) or isinstance(v, float):
+            raise ValueError(f"config seeds: {v!r} is not an integer >= 0; write e.g. seeds: [0, 1, 2]")
+        if s in out:
+            raise ValueError(f"config seeds: {s} is given twice in {list(values)}; each seed must be distinct")
+        out.append(s)
+    if not out:
+        raise ValueError("config seeds: the list is empty; give at least one seed, e.g. seeds: [0]")
     return out
 
 

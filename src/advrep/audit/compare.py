@@ -8,6 +8,10 @@ transfer to the data at hand, never a replication verdict.
 
 Tolerance (see :func:`tolerance`): deterministic quantities match within one unit of the last printed digit;
 stochastic ones within a stated band (the registry's own ``tolerance`` where given, else the configured band).
+Where a cell summarises n >= 3 runs (several seeds, or retrainings within one run; :mod:`advrep.seeds`), the measured
+spread replaces the guess: "match" when the published value lies within the cell's 95% interval widened by one unit
+of the published number's last printed digit (column ``tolerance_rule`` says which rule was applied, ``n``,
+``ci_low``, ``ci_high`` give the interval).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from .registry import Registry
 MATCH, DEVIATES, NOT_COMPARABLE = "match", "deviates", "not comparable"
 HOLDS, FAILS = "holds", "fails"
 AUDIT_COLUMNS = ["paper", "target", "row", "column", "unit", "kind", "published", "reproduced", "difference",
-                 "tolerance", "verdict", "reason", "source", "result_file", "scale", "datasets", "settings_sha256",
-                 "seed", "git_commit"]
+                 "tolerance", "tolerance_rule", "n", "ci_low", "ci_high", "verdict", "reason", "source", "result_file",
+                 "scale", "datasets", "settings_sha256", "seed", "git_commit"]
 CLAIM_COLUMNS = ["paper", "id", "statement", "left", "op", "factor", "right", "verdict", "reason", "on_this_run",
                  "data", "source"]
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -40,15 +44,33 @@ class Bands:
     relative: float = 0.10  # relative, for every other unit
 
 
+MIN_RUNS = 3  # a measured interval replaces the stated band from this many runs on
+
+
 def tolerance(unit: str, kind: str, decimals: int, published: float, explicit: str | float | None,
               bands: Bands) -> float:
-    if explicit not in (None, "") and not pd.isna(explicit):
-        return float(explicit)
+    return tolerance_and_rule(unit, kind, decimals, published, explicit, bands)[0]
+
+
+def tolerance_and_rule(unit: str, kind: str, decimals: int, published: float, explicit: str | float | None,
+                       bands: Bands, n: int | None = None, ci: tuple[float, float] | None = None,
+                       reproduced: float | None = None) -> tuple[float, str]:
+    """(tolerance around the reproduced value, the rule that gave it).  With ``n`` >= :data:`MIN_RUNS` runs and
+    their 95% interval ``ci`` (symmetric about ``reproduced``, the mean), the tolerance is the interval's half-width
+    plus one unit of the last printed digit: "match" iff the published value lies in the widened interval."""
     last_digit = 10.0 ** (-int(decimals))
+    if (n is not None and n >= MIN_RUNS and ci is not None and reproduced is not None
+            and all(pd.notna(v) for v in ci)):
+        half = max(ci[1] - reproduced, reproduced - ci[0])
+        return half + last_digit, f"95% interval of {n} runs, widened by {last_digit:g} (last printed digit)"
+    if explicit not in (None, "") and not pd.isna(explicit):
+        return float(explicit), "the registry's tolerance"
     if kind == "deterministic":
-        return last_digit
+        return last_digit, "last printed digit (deterministic)"
     band = {"percent": bands.percent, "fraction": bands.fraction}.get(unit, bands.relative * abs(published))
-    return max(band, last_digit)
+    why = (f"stated band ({unit})" if unit in ("percent", "fraction") else "stated band (relative)") + (
+        f", n={n} < {MIN_RUNS} runs" if n is not None and n > 1 else "")
+    return max(band, last_digit), why
 
 
 @dataclass
@@ -84,6 +106,21 @@ class Results:
             return value, False, r["reason"] or "not the paper's data or settings", prov, path, datasets
         return value, True, "", prov, path, datasets
 
+    def spread(self, target: str, row: str, column: str) -> tuple[int | None, float, float]:
+        """(n, ci_low, ci_high) of a cell that summarises several runs (:mod:`advrep.seeds`); (None, nan, nan)
+        for a single run or a cell not computed."""
+        nan = float("nan")
+        if target not in self.tables:
+            return None, nan, nan
+        df = self.tables[target][0]
+        if "n" not in df:
+            return None, nan, nan
+        hit = df[(df["row"] == row) & (df["column"] == column)]
+        if hit.empty or pd.isna(hit.iloc[0]["n"]):
+            return None, nan, nan
+        r = hit.iloc[0]
+        return int(r["n"]), float(r.get("ci_low", nan)), float(r.get("ci_high", nan))
+
 
 def _datasets(prov: dict) -> str:
     return "; ".join(provenance.dataset_tag(d) for d in prov.get("datasets", []))
@@ -93,7 +130,10 @@ def audit_numbers(reg: Registry, results: Results, scale: str, bands: Bands = Ba
     rows = []
     for _, pub in reg.numbers.iterrows():
         value, comparable, reason, prov, path, datasets = results.cell(pub["target"], pub["row"], pub["column"])
-        tol = tolerance(pub["unit"], pub["kind"], pub["decimals"], pub["published"], pub["tolerance"], bands)
+        n, lo, hi = results.spread(pub["target"], pub["row"], pub["column"]) if value is not None else (
+            None, float("nan"), float("nan"))
+        tol, rule = tolerance_and_rule(pub["unit"], pub["kind"], pub["decimals"], pub["published"],
+                                       pub["tolerance"], bands, n=n, ci=(lo, hi), reproduced=value)
         diff = None if value is None else value - pub["published"]
         if comparable:
             verdict = MATCH if abs(diff) <= tol + 1e-12 else DEVIATES
@@ -102,7 +142,8 @@ def audit_numbers(reg: Registry, results: Results, scale: str, bands: Bands = Ba
         rows.append({
             "paper": reg.paper, "target": pub["target"], "row": pub["row"], "column": pub["column"],
             "unit": pub["unit"], "kind": pub["kind"], "published": pub["published"], "reproduced": value,
-            "difference": diff, "tolerance": tol, "verdict": verdict, "reason": reason, "source": pub["source"],
+            "difference": diff, "tolerance": tol, "tolerance_rule": rule, "n": n, "ci_low": lo, "ci_high": hi,
+            "verdict": verdict, "reason": reason, "source": pub["source"],
             "result_file": path, "scale": prov.get("scale", scale), "datasets": datasets,
             "settings_sha256": prov.get("settings_sha256", ""), "seed": prov.get("seed"),
             "git_commit": prov.get("git_commit", ""),

@@ -45,7 +45,9 @@ def summary_markdown(scale: str, audits: dict[str, tuple[pd.DataFrame, pd.DataFr
     out = [f"# Audit of the reproduction — scale `{scale}`\n",
            "Verdicts: **match** / **deviates** only where the data and settings are the paper's; otherwise "
            "**not comparable**, with the reason. Deterministic numbers match within one unit of the last printed "
-           "digit; stochastic ones within the stated band (column `tolerance`).\n",
+           "digit; stochastic ones within the stated band (column `tolerance`), or, where a cell summarises n >= 3 "
+           "runs (seeds or retrainings), within its 95% interval widened by one unit of the last printed digit "
+           "(columns `n`, `interval`).\n",
            "| paper | numbers | match | deviates | not comparable | claims hold | claims fail | claims not comparable |",
            "|---|---|---|---|---|---|---|---|"]
     for paper, (num, cl) in audits.items():
@@ -61,9 +63,10 @@ def summary_markdown(scale: str, audits: dict[str, tuple[pd.DataFrame, pd.DataFr
         out.append(_md_table(comp.assign(published=comp["published"].map(_fmt),
                                          reproduced=comp["reproduced"].map(_fmt),
                                          difference=comp["difference"].map(_fmt),
-                                         tolerance=comp["tolerance"].map(_fmt))[
-            ["target", "row", "column", "published", "reproduced", "difference", "tolerance", "verdict",
-             "datasets"]]))
+                                         tolerance=comp["tolerance"].map(_fmt), n=_runs(comp),
+                                         interval=_intervals(comp))[
+            ["target", "row", "column", "published", "reproduced", "difference", "tolerance", "n", "interval",
+             "verdict", "datasets"]]))
         nc = num[num["verdict"] == NOT_COMPARABLE]
         out.append("### Not comparable (why)\n")
         if nc.empty:
@@ -75,6 +78,21 @@ def summary_markdown(scale: str, audits: dict[str, tuple[pd.DataFrame, pd.DataFr
         out.append(_md_table(cl[["id", "statement", "left", "op", "factor", "right", "verdict", "reason"]]))
         out.append(_on_this_run(cl))
     return "\n".join(out)
+
+
+def _runs(df: pd.DataFrame) -> pd.Series:
+    """The number of runs behind each reproduced number ("1" for a single run; audits before seeds: blank)."""
+    if "n" not in df:
+        return pd.Series([""] * len(df), index=df.index)
+    return df["n"].map(lambda v: "1" if pd.isna(v) else str(int(v)))
+
+
+def _intervals(df: pd.DataFrame) -> pd.Series:
+    """``[low, high]`` of each number's 95% interval over runs, blank for a single run."""
+    if "ci_low" not in df:
+        return pd.Series([""] * len(df), index=df.index)
+    return pd.Series([f"[{_fmt(lo)}, {_fmt(hi)}]" if pd.notna(lo) and pd.notna(hi) else ""
+                      for lo, hi in zip(df["ci_low"], df["ci_high"])], index=df.index)
 
 
 def _text(col: pd.Series) -> pd.Series:

@@ -34,6 +34,9 @@ from .training import VoronoiAT
 
 LO, SPAN = -30.0, 60.0
 METHODS = ("Voronoi", "Madry")
+# Retraining r of the run with seed s starts from seed s * RETRAINING_STRIDE + r: the runs of different seeds
+# (config ``seeds``) share no retraining; seed 0 gives seeds 0 ... retrainings - 1.
+RETRAINING_STRIDE = 10_000
 
 
 def embed(x: np.ndarray) -> torch.Tensor:
@@ -104,12 +107,15 @@ def evaluate_one(model: nn.Module, x_test: np.ndarray, y_test: np.ndarray, s: Pl
 
 
 def curves(x_train, y_train, x_test, y_test, s: PlanesSettings, seed: int, workdir) -> dict[str, np.ndarray]:
-    """method -> (retrainings, len(eval_eps)) robust accuracies."""
+    """method -> (retrainings, len(eval_eps)) robust accuracies (retraining r seeded with
+    ``seed * RETRAINING_STRIDE + r``)."""
+    if s.retrainings > RETRAINING_STRIDE:
+        raise ValueError(f"retrainings must be <= {RETRAINING_STRIDE}, got {s.retrainings}")
     out = {}
     for method in METHODS:
         rows = []
         for r in range(s.retrainings):
-            model = train_one(method, x_train, y_train, s, seed + r, f"{workdir}/{method}/{r}")
+            model = train_one(method, x_train, y_train, s, seed * RETRAINING_STRIDE + r, f"{workdir}/{method}/{r}")
             rows.append(evaluate_one(model, x_test, y_test, s))
         out[method] = np.stack(rows)
     return out
@@ -153,10 +159,13 @@ def run_codim(data_file, out_npz, *, settings: dict, seed: int, workdir) -> dict
 def run(out_csv, out_png, *, curve_files: dict, settings: dict, scale: str, seed: int) -> list[dict]:
     """Figure 3 from the per-codimension curves (``curve_files``: codimension -> :func:`run_codim` output): the
     long-format CSV (NAUC per method and codimension, mean and std of the accuracy at every eps), its provenance and
-    the figure.  Cells are comparable when the paper's stated settings are used (:data:`PAPER`)."""
+    the figure.  Cells are comparable when the paper's stated settings are used (:data:`PAPER`).  The NAUC and
+    accuracy cells summarise the retrainings the way :mod:`advrep.seeds` summarises seeds: mean, std (ddof 1), n
+    and the 95% interval (columns ``std``, ``n``, ``ci_low``, ``ci_high``), which the audit uses."""
     import json
 
     from .. import provenance
+    from ..seeds import summarise
 
     s = _settings(settings)
     deviations = not_paper_settings(s)
@@ -170,14 +179,15 @@ def run(out_csv, out_png, *, curve_files: dict, settings: dict, scale: str, seed
         curves_by_codim[codim] = c
         tag = provenance.dataset_tag(meta)
         for method, acc in c.items():
-            naucs = [nauc(s.eval_eps, a) for a in acc]
             cell = dict(row=f"{method} (codim {codim})", status="ok", comparable=not deviations, reason=reason,
                         dataset=tag)
-            rows.append(dict(column="NAUC", value=float(np.mean(naucs)), unit="fraction", **cell))
-            rows.append(dict(column="NAUC std over retrainings", value=float(np.std(naucs)), unit="fraction", **cell))
-            for e, mean, std in zip(s.eval_eps, acc.mean(0), acc.std(0)):
-                rows.append(dict(column=f"accuracy at eps={e:g}", value=float(mean), unit="fraction", **cell))
-                rows.append(dict(column=f"accuracy std at eps={e:g}", value=float(std), unit="fraction", **cell))
+            over = summarise([nauc(s.eval_eps, a) for a in acc])
+            rows.append(dict(column="NAUC", unit="fraction", **cell, **over))
+            rows.append(dict(column="NAUC std over retrainings", value=_std(over), unit="fraction", **cell))
+            for e, at_eps in zip(s.eval_eps, acc.T):
+                over = summarise(at_eps)
+                rows.append(dict(column=f"accuracy at eps={e:g}", unit="fraction", **cell, **over))
+                rows.append(dict(column=f"accuracy std at eps={e:g}", value=_std(over), unit="fraction", **cell))
         rows.append(dict(row=f"codim {codim}", column="seconds", value=float(z["seconds"]), unit="seconds",
                          status="ok", comparable=False, reason="timing, not a result", dataset=tag))
     plot(curves_by_codim, s, out_png)
@@ -189,6 +199,11 @@ def run(out_csv, out_png, *, curve_files: dict, settings: dict, scale: str, seed
                                     "embedding": {"LO": LO, "SPAN": SPAN}})
     provenance.write_result(rows, out_csv, prov)
     return rows
+
+
+def _std(summary: dict) -> float:
+    """The std over retrainings (ddof 1); 0 for a single retraining, which has no spread to estimate."""
+    return 0.0 if summary["n"] < 2 else summary["std"]
 
 
 def plot(curves_by_codim: dict, s: PlanesSettings, out_png) -> None:
@@ -203,7 +218,7 @@ def plot(curves_by_codim: dict, s: PlanesSettings, out_png) -> None:
     for ax, (codim, c) in zip(axes[0], sorted(curves_by_codim.items())):
         for method, color in zip(METHODS, ("tab:green", "tab:blue")):
             acc = c[method]
-            m, sd = acc.mean(0), acc.std(0)
+            m, sd = acc.mean(0), (acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(acc.shape[1]))
             ax.plot(s.eval_eps, m, color=color,
                     label=f"{method} (NAUC {np.mean([nauc(s.eval_eps, a) for a in acc]):.2f})")
             ax.fill_between(s.eval_eps, np.clip(m - sd, 0, 1), np.clip(m + sd, 0, 1), color=color, alpha=0.2)
