@@ -18,6 +18,7 @@ include: "rules/lipreg.smk"
 include: "rules/sonet.smk"
 include: "rules/oaat.smk"
 include: "rules/voronoi.smk"
+include: "rules/seeds.smk"
 include: "rules/audit.smk"
 include: "rules/notebooks.smk"
 

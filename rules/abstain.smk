@@ -1,8 +1,10 @@
 # abstain: Balcan, Blum, Sharma, Zhang. Can non-Lipschitz networks be robust? The power of abstention and
 # data-driven decision making.  Logic: src/advrep/abstain/.
-#   features/{method}.npz      -> advrep.abstain.features  (SimCLR / SupCon encoders, 512-d features)
-#   attack/{method}_n3{n}.npz  -> advrep.abstain.workflow.attack_pass (exact random-subspace adversary, every sigma)
-#   table1, figure1, tuning, n3_sweep, theory -> advrep.abstain.workflow.<target>
+#   seed<k>/features/{method}.npz     -> advrep.abstain.features  (SimCLR / SupCon encoders, 512-d features)
+#   seed<k>/attack/{method}_n3{n}.npz -> advrep.abstain.workflow.attack_pass (exact random-subspace adversary)
+#   seed<k>/{table1, figure1, tuning, n3_sweep} -> advrep.abstain.workflow.<target> (per seed; rules/seeds.smk
+#                                      summarises them over the seeds into <target>.csv)
+#   theory -> advrep.abstain.workflow.theory (computed once)
 
 wildcard_constraints:
     method="|".join(ABSTAIN_METHODS),
@@ -13,13 +15,13 @@ rule abstain_features:
     input:
         f"{DATA}/{ABSTAIN['features']['dataset']}.npz",
     output:
-        f"{RES}/abstain/features/{{method}}.npz",
+        f"{RES}/abstain/seed{{seed}}/features/{{method}}.npz",
     params:
         settings=lambda wc: abstain_feature_settings(wc.method),
-        checkpoint_dir=lambda wc: f"{RES}/abstain/checkpoints/{wc.method}",
-        seed=config["seed"],
+        checkpoint_dir=lambda wc: f"{RES}/abstain/seed{wc.seed}/checkpoints/{wc.method}",
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/abstain/features_{{method}}.log",
+        f"{RES}/logs/abstain/seed{{seed}}/features_{{method}}.log",
     # one torch thread per job on CPU (two encoders side by side on 2 cores: 8 s/epoch vs 55 s with 2 threads each)
     threads: 1 if SCALE == "smoke" else max(2, ABSTAIN["features"]["num_workers"])
     conda:
@@ -34,16 +36,16 @@ rule abstain_features:
 
 rule abstain_attack:
     input:
-        f"{RES}/abstain/features/{{method}}.npz",
+        f"{RES}/abstain/seed{{seed}}/features/{{method}}.npz",
     output:
-        f"{RES}/abstain/attack/{{method}}_n3{{n3}}.npz",
+        f"{RES}/abstain/seed{{seed}}/attack/{{method}}_n3{{n3}}.npz",
     params:
         sigmas=lambda wc: abstain_sigmas(wc.n3),
         max_test=lambda wc: abstain_max_test(wc.n3),
         k0=ABSTAIN["attack"]["k0"],
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/abstain/attack_{{method}}_n3{{n3}}.log",
+        f"{RES}/logs/abstain/seed{{seed}}/attack_{{method}}_n3{{n3}}.log",
     threads: 1 if SCALE == "smoke" else 2
     conda:
         "../envs/solvers.yaml"
@@ -59,14 +61,14 @@ rule abstain_table1:
     input:
         **abstain_passes(),
     output:
-        csv=report(f"{RES}/abstain/table1.csv", category="abstain", labels={"target": "table1"}),
-        provenance=f"{RES}/abstain/table1.provenance.json",
+        csv=f"{RES}/abstain/seed{{seed}}/table1.csv",
+        provenance=f"{RES}/abstain/seed{{seed}}/table1.provenance.json",
     params:
         settings=ABSTAIN["table1"],
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/abstain/table1.log",
+        f"{RES}/logs/abstain/seed{{seed}}/table1.log",
     conda:
         "../envs/solvers.yaml"
     resources:
@@ -80,15 +82,15 @@ rule abstain_figure1:
     input:
         **abstain_passes(),
     output:
-        csv=report(f"{RES}/abstain/figure1.csv", category="abstain", labels={"target": "figure1", "type": "data"}),
-        png=report(f"{RES}/abstain/figure1.png", category="abstain", labels={"target": "figure1", "type": "figure"}),
-        provenance=f"{RES}/abstain/figure1.provenance.json",
+        csv=f"{RES}/abstain/seed{{seed}}/figure1.csv",
+        png=f"{RES}/abstain/seed{{seed}}/figure1.png",
+        provenance=f"{RES}/abstain/seed{{seed}}/figure1.provenance.json",
     params:
         settings=ABSTAIN["figure1"],
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/abstain/figure1.log",
+        f"{RES}/logs/abstain/seed{{seed}}/figure1.log",
     conda:
         "../envs/solvers.yaml"
     resources:
@@ -102,15 +104,15 @@ rule abstain_tuning:
     input:
         **abstain_passes(),
     output:
-        csv=report(f"{RES}/abstain/tuning.csv", category="abstain", labels={"target": "tuning", "type": "data"}),
-        png=report(f"{RES}/abstain/tuning.png", category="abstain", labels={"target": "tuning", "type": "figure"}),
-        provenance=f"{RES}/abstain/tuning.provenance.json",
+        csv=f"{RES}/abstain/seed{{seed}}/tuning.csv",
+        png=f"{RES}/abstain/seed{{seed}}/tuning.png",
+        provenance=f"{RES}/abstain/seed{{seed}}/tuning.provenance.json",
     params:
         settings=ABSTAIN["tuning"],
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/abstain/tuning.log",
+        f"{RES}/logs/abstain/seed{{seed}}/tuning.log",
     conda:
         "../envs/solvers.yaml"
     resources:
@@ -122,17 +124,17 @@ rule abstain_tuning:
 
 rule abstain_n3_sweep:
     input:
-        **{f"{m}_n3{n}": f"{RES}/abstain/attack/{m}_n3{n}.npz" for m in ABSTAIN_METHODS for n in ABSTAIN_N3},
+        **{f"{m}_n3{n}": f"{RES}/abstain/seed{{seed}}/attack/{m}_n3{n}.npz" for m in ABSTAIN_METHODS for n in ABSTAIN_N3},
     output:
-        csv=report(f"{RES}/abstain/n3_sweep.csv", category="abstain", labels={"target": "n3_sweep", "type": "data"}),
-        png=report(f"{RES}/abstain/n3_sweep.png", category="abstain", labels={"target": "n3_sweep", "type": "figure"}),
-        provenance=f"{RES}/abstain/n3_sweep.provenance.json",
+        csv=f"{RES}/abstain/seed{{seed}}/n3_sweep.csv",
+        png=f"{RES}/abstain/seed{{seed}}/n3_sweep.png",
+        provenance=f"{RES}/abstain/seed{{seed}}/n3_sweep.provenance.json",
     params:
         settings=ABSTAIN["n3_sweep"],
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/abstain/n3_sweep.log",
+        f"{RES}/logs/abstain/seed{{seed}}/n3_sweep.log",
     conda:
         "../envs/solvers.yaml"
     resources:

@@ -41,12 +41,40 @@ PAPER_TARGETS = {
     "oaat": ["table1", "table2", "masking", "figure1"],
 }
 PAPERS = list(PAPER_TARGETS)
+
+# Seeds (advrep.seeds).  The targets that train a model or draw a random attack are assembled once per seed, from
+# jobs run once per seed, under results/<scale>/<paper>/seed<k>/; rules/seeds.smk summarises them over SEEDS into
+# results/<scale>/<paper>/<target>.csv (mean, std, n, 95% interval; one seed: that seed's files, byte for byte).
+# The other targets (illustrations, exact computations) are computed once, with config["seed"].
+SEEDS = config["seeds"]
+SEEDED_TARGETS = {
+    "abstain": ["table1", "figure1", "tuning", "n3_sweep"],
+    "lipreg": ["table1", "table2", "table3", "table5", "table6", "figure2", "figure3", "figure4"],
+    "sonet": ["table1", "table2", "table3", "table4", "masking"],
+    "voronoi": ["figure3", "figure4", "figure5"],
+    "oaat": ["table1", "table2", "masking", "figure1"],
+}
+SEEDED_FIGURES = {"abstain": ["figure1", "tuning", "n3_sweep"], "lipreg": ["figure2", "figure3", "figure4"],
+                  "sonet": ["table4"], "voronoi": ["figure3", "figure4", "figure5"], "oaat": ["figure1"]}
 NOTEBOOKS = [p for p in PAPERS if (Path(workflow.basedir) / "notebooks" / f"{p}.py").exists()]
 
 
 wildcard_constraints:
     paper="|".join(PAPERS),
     dataset=file_name_pattern(),
+    seed=r"[0-9]+",
+
+
+def seeded(paper, figures):
+    """``paper/target`` of the seeded targets with a figure (``figures``) or without, as a wildcard pattern."""
+    names = [t for t in SEEDED_TARGETS[paper] if (t in SEEDED_FIGURES[paper]) == figures]
+    return [f"{paper}/{t}" for t in names]
+
+
+def seed_results(paper_target):
+    """seed -> the per-seed result CSV of ``paper/target``."""
+    paper, target = paper_target.split("/")
+    return {f"seed{s}": f"{RES}/{paper}/seed{s}/{target}.csv" for s in SEEDS}
 
 
 def dataset_available(name):
@@ -125,7 +153,7 @@ def abstain_max_test(n3):
 
 
 def abstain_passes(n3=1):
-    return {m: f"{RES}/abstain/attack/{m}_n3{n3}.npz" for m in ABSTAIN_METHODS}
+    return {m: f"{RES}/abstain/seed{{seed}}/attack/{m}_n3{n3}.npz" for m in ABSTAIN_METHODS}
 
 
 # --- sonet --------------------------------------------------------------------------------------------------------
@@ -136,7 +164,7 @@ SONET_CFG = config["sonet"]
 
 def sonet_job_files(target):
     """{<job>_csv, <job>_json: path} of every job a sonet target is assembled from."""
-    return {f"{j}_{kind}": f"{RES}/sonet/jobs/{j}.{ext}" for j in SONET.TABLE_JOBS[target]
+    return {f"{j}_{kind}": f"{RES}/sonet/seed{{seed}}/jobs/{j}.{ext}" for j in SONET.TABLE_JOBS[target]
             for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}
 
 
@@ -154,15 +182,15 @@ def oaat_job_inputs(job):
     out = {"data": f"{DATA}/{OAAT_CFG['data']['datasets'][s['data']]}.npz"}
     parent = OAAT.init_job(job)
     if parent is not None:
-        out["init"] = f"{RES}/oaat/models/{parent}.pt"
+        out["init"] = f"{RES}/oaat/seed{{seed}}/models/{parent}.pt"
     if OAAT.training_job(job) != job:
-        out["twin"] = f"{RES}/oaat/models/{OAAT.training_job(job)}.pt"
+        out["twin"] = f"{RES}/oaat/seed{{seed}}/models/{OAAT.training_job(job)}.pt"
     return out
 
 
 def oaat_job_files(target):
     """{<job>_csv, <job>_json: path} of every job an oaat table is assembled from."""
-    return {f"{j}_{kind}": f"{RES}/oaat/jobs/{j}.{ext}" for j in OAAT.TABLE_JOBS[target]
+    return {f"{j}_{kind}": f"{RES}/oaat/seed{{seed}}/jobs/{j}.{ext}" for j in OAAT.TABLE_JOBS[target]
             for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}
 
 
@@ -181,18 +209,18 @@ def lipreg_job_inputs(job):
     checkpoint it evaluates."""
     out = {"data": f"{DATA}/{lipreg_job_settings(job)['data']['dataset']}.npz"}
     if job == LIPREG.MADRY:
-        out["madry"] = f"{RES}/voronoi/figures45/cifar10_madry.npz"
+        out["madry"] = f"{RES}/voronoi/seed{{seed}}/figures45/cifar10_madry.npz"
     return out
 
 
-def lipreg_workdir(job):
-    """Checkpoint folder: the job's own, or (madry) the voronoi Figure 4 job's."""
+def lipreg_workdir(job, seed):
+    """Checkpoint folder: the job's own, or (madry) the voronoi Figure 4 job's, of that seed."""
     if job == LIPREG.MADRY:
-        return f"{RES}/voronoi/checkpoints/cifar10_madry"
-    return f"{RES}/lipreg/checkpoints/{job}"
+        return f"{RES}/voronoi/seed{seed}/checkpoints/cifar10_madry"
+    return f"{RES}/lipreg/seed{seed}/checkpoints/{job}"
 
 
 def lipreg_job_files(target):
     """{<job>_csv, <job>_json: path} of every job a lipreg target is assembled from."""
-    return {f"{j}_{kind}": f"{RES}/lipreg/jobs/{j}.{ext}" for j in LIPREG.TABLE_JOBS[target]
+    return {f"{j}_{kind}": f"{RES}/lipreg/seed{{seed}}/jobs/{j}.{ext}" for j in LIPREG.TABLE_JOBS[target]
             for kind, ext in (("csv", "per_sample.csv"), ("json", "json"))}

@@ -53,6 +53,7 @@ rule lipreg_figure1:
 #                                        table (clean verdicts, gradient norms, minimal distance and model calls of
 #                                        PGD, I-FGSM, Boundary, CW; evasive CW and detector norms for Table 6)
 #                                        "madry": voronoi's Madry CIFAR-10 model under the same attacks (Table 1)
+#   (every job and target per seed, under seed<k>/; rules/seeds.smk summarises the targets over the seeds)
 #   lipreg_table  -> workflow.run_table  table1, table2 (CIFAR-10), table3 (CIFAR-100), table5, table6
 #   lipreg_figure -> workflow.run_table  figure2 (l2 PGD error curves), figure3 (the four attacks), figure4 (detector)
 
@@ -61,16 +62,16 @@ rule lipreg_job:
     input:
         unpack(lambda wc: lipreg_job_inputs(wc.job)),
     output:
-        csv=f"{RES}/lipreg/jobs/{{job}}.per_sample.csv",
-        json=f"{RES}/lipreg/jobs/{{job}}.json",
+        csv=f"{RES}/lipreg/seed{{seed}}/jobs/{{job}}.per_sample.csv",
+        json=f"{RES}/lipreg/seed{{seed}}/jobs/{{job}}.json",
     wildcard_constraints:
         job="|".join(LIPREG.JOBS),
     params:
         settings=lambda wc: lipreg_job_settings(wc.job),
-        seed=config["seed"],
-        workdir=lambda wc: lipreg_workdir(wc.job),
+        seed=lambda wc: int(wc.seed),
+        workdir=lambda wc: lipreg_workdir(wc.job, wc.seed),
     log:
-        f"{RES}/logs/lipreg/jobs/{{job}}.log",
+        f"{RES}/logs/lipreg/seed{{seed}}/jobs/{{job}}.log",
     threads: 1 if SCALE == "smoke" else 8
     conda:
         "../envs/torch.yaml"
@@ -86,16 +87,16 @@ rule lipreg_table:
     input:
         unpack(lambda wc: lipreg_job_files(wc.target)),
     output:
-        csv=report(f"{RES}/lipreg/{{target}}.csv", category="lipreg", labels={"target": "{target}"}),
-        provenance=f"{RES}/lipreg/{{target}}.provenance.json",
+        csv=f"{RES}/lipreg/seed{{seed}}/{{target}}.csv",
+        provenance=f"{RES}/lipreg/seed{{seed}}/{{target}}.provenance.json",
     wildcard_constraints:
         target="table1|table2|table3|table5|table6",
     params:
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
         settings=config["lipreg"]["figures"],
     log:
-        f"{RES}/logs/lipreg/{{target}}.log",
+        f"{RES}/logs/lipreg/seed{{seed}}/{{target}}.log",
     conda:
         "../envs/torch.yaml"
     resources:
@@ -109,17 +110,17 @@ rule lipreg_figure:
     input:
         unpack(lambda wc: lipreg_job_files(wc.target)),
     output:
-        csv=report(f"{RES}/lipreg/{{target}}.csv", category="lipreg", labels={"target": "{target}", "type": "data"}),
-        png=report(f"{RES}/lipreg/{{target}}.png", category="lipreg", labels={"target": "{target}", "type": "figure"}),
-        provenance=f"{RES}/lipreg/{{target}}.provenance.json",
+        csv=f"{RES}/lipreg/seed{{seed}}/{{target}}.csv",
+        png=f"{RES}/lipreg/seed{{seed}}/{{target}}.png",
+        provenance=f"{RES}/lipreg/seed{{seed}}/{{target}}.provenance.json",
     wildcard_constraints:
         target="figure2|figure3|figure4",
     params:
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
         settings=config["lipreg"]["figures"],
     log:
-        f"{RES}/logs/lipreg/{{target}}.log",
+        f"{RES}/logs/lipreg/seed{{seed}}/{{target}}.log",
     conda:
         "../envs/torch.yaml"
     resources:

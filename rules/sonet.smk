@@ -2,6 +2,7 @@
 # gradients (slides).  Logic: src/advrep/sonet/workflow.py; models: src/advrep/models/ode.py.
 #   sonet_job    -> workflow.run_job    one model (SONet / SOBlock / ODENet / ResNet10-TRADES, a solver): train with
 #                                       per-epoch checkpoints, then the per-sample evaluation every table reads
+#   (every job and table per seed, under seed<k>/; rules/seeds.smk summarises the tables over the seeds)
 #   sonet_table  -> workflow.run_table  table1 (PGD-20/1000), table2 (CW-Linf, SPSA), table3 (solvers), masking
 #   sonet_table4 -> workflow.run_table  the adaptive solver's accepted time grids after 1/100/1000 PGD iterations
 
@@ -10,16 +11,16 @@ rule sonet_job:
     input:
         f"{DATA}/{SONET_CFG['data']['dataset']}.npz",
     output:
-        csv=f"{RES}/sonet/jobs/{{job}}.per_sample.csv",
-        json=f"{RES}/sonet/jobs/{{job}}.json",
+        csv=f"{RES}/sonet/seed{{seed}}/jobs/{{job}}.per_sample.csv",
+        json=f"{RES}/sonet/seed{{seed}}/jobs/{{job}}.json",
     wildcard_constraints:
         job="|".join(SONET.JOBS),
     params:
         settings=lambda wc: SONET.job_settings(SONET_CFG, wc.job),
-        seed=config["seed"],
-        workdir=lambda wc: f"{RES}/sonet/checkpoints/{wc.job}",
+        seed=lambda wc: int(wc.seed),
+        workdir=lambda wc: f"{RES}/sonet/seed{wc.seed}/checkpoints/{wc.job}",
     log:
-        f"{RES}/logs/sonet/jobs/{{job}}.log",
+        f"{RES}/logs/sonet/seed{{seed}}/jobs/{{job}}.log",
     threads: 1 if SCALE == "smoke" else 8
     conda:
         "../envs/torch.yaml"
@@ -35,15 +36,15 @@ rule sonet_table:
     input:
         unpack(lambda wc: sonet_job_files(wc.target)),
     output:
-        csv=report(f"{RES}/sonet/{{target}}.csv", category="sonet", labels={"target": "{target}"}),
-        provenance=f"{RES}/sonet/{{target}}.provenance.json",
+        csv=f"{RES}/sonet/seed{{seed}}/{{target}}.csv",
+        provenance=f"{RES}/sonet/seed{{seed}}/{{target}}.provenance.json",
     wildcard_constraints:
         target="table1|table2|table3|masking",
     params:
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/sonet/{{target}}.log",
+        f"{RES}/logs/sonet/seed{{seed}}/{{target}}.log",
     conda:
         "../envs/torch.yaml"
     resources:
@@ -57,14 +58,14 @@ rule sonet_table4:
     input:
         unpack(lambda wc: sonet_job_files("table4")),
     output:
-        csv=report(f"{RES}/sonet/table4.csv", category="sonet", labels={"target": "table4", "type": "data"}),
-        png=report(f"{RES}/sonet/table4.png", category="sonet", labels={"target": "table4", "type": "figure"}),
-        provenance=f"{RES}/sonet/table4.provenance.json",
+        csv=f"{RES}/sonet/seed{{seed}}/table4.csv",
+        png=f"{RES}/sonet/seed{{seed}}/table4.png",
+        provenance=f"{RES}/sonet/seed{{seed}}/table4.provenance.json",
     params:
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/sonet/table4.log",
+        f"{RES}/logs/sonet/seed{{seed}}/table4.log",
     conda:
         "../envs/torch.yaml"
     resources:

@@ -5,6 +5,7 @@
 #   figure4 -> advrep.voronoi.figures45              (MNIST, CIFAR-10: Voronoi vs Madry vs Jacobian reg., NAUC)
 #   figure5 -> advrep.voronoi.figures45              (MNIST: Madry at eps 0.4 for 100/150 epochs vs Voronoi)
 #   one training + evaluation job per (panel, method), shared by both figures (voronoi_f45_model)
+#   figures 3-5 and their jobs run per seed, under seed<k>/; rules/seeds.smk summarises them over the seeds
 from advrep.voronoi import figures45 as VORONOI_F45
 
 
@@ -53,13 +54,13 @@ rule voronoi_planes_codim:
     input:
         f"{DATA}/planes_codim{{codim}}.npz",
     output:
-        f"{RES}/voronoi/planes/codim{{codim}}.npz",
+        f"{RES}/voronoi/seed{{seed}}/planes/codim{{codim}}.npz",
     params:
         settings=config["voronoi"]["figure3"],
-        seed=config["seed"],
-        workdir=lambda wc: f"{RES}/voronoi/checkpoints/planes_codim{wc.codim}",
+        seed=lambda wc: int(wc.seed),
+        workdir=lambda wc: f"{RES}/voronoi/seed{wc.seed}/checkpoints/planes_codim{wc.codim}",
     log:
-        f"{RES}/logs/voronoi/planes_codim{{codim}}.log",
+        f"{RES}/logs/voronoi/seed{{seed}}/planes_codim{{codim}}.log",
     threads: 1
     conda:
         "../envs/torch.yaml"
@@ -73,17 +74,18 @@ rule voronoi_planes_codim:
 
 rule voronoi_figure3:
     input:
-        expand(f"{RES}/voronoi/planes/codim{{codim}}.npz", codim=config["voronoi"]["figure3"]["codims"]),
+        expand(f"{RES}/voronoi/seed{{{{seed}}}}/planes/codim{{codim}}.npz",
+               codim=config["voronoi"]["figure3"]["codims"]),
     output:
-        csv=report(f"{RES}/voronoi/figure3.csv", category="voronoi", labels={"target": "figure3", "type": "data"}),
-        png=report(f"{RES}/voronoi/figure3.png", category="voronoi", labels={"target": "figure3", "type": "figure"}),
-        provenance=f"{RES}/voronoi/figure3.provenance.json",
+        csv=f"{RES}/voronoi/seed{{seed}}/figure3.csv",
+        png=f"{RES}/voronoi/seed{{seed}}/figure3.png",
+        provenance=f"{RES}/voronoi/seed{{seed}}/figure3.provenance.json",
     params:
         settings=config["voronoi"]["figure3"],
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/voronoi/figure3.log",
+        f"{RES}/logs/voronoi/seed{{seed}}/figure3.log",
     conda:
         "../envs/torch.yaml"
     resources:
@@ -99,16 +101,16 @@ rule voronoi_f45_model:
     input:
         lambda wc: f"{DATA}/{VORONOI_F45.job_settings(config['voronoi'], wc.panel, wc.method)['dataset']}.npz",
     output:
-        f"{RES}/voronoi/figures45/{{panel}}_{{method}}.npz",
+        f"{RES}/voronoi/seed{{seed}}/figures45/{{panel}}_{{method}}.npz",
     wildcard_constraints:
         panel="|".join(VORONOI_F45.PANELS),
         method="|".join(VORONOI_F45.METHODS),
     params:
         settings=lambda wc: VORONOI_F45.job_settings(config["voronoi"], wc.panel, wc.method),
-        seed=config["seed"],
-        workdir=lambda wc: f"{RES}/voronoi/checkpoints/{wc.panel}_{wc.method}",
+        seed=lambda wc: int(wc.seed),
+        workdir=lambda wc: f"{RES}/voronoi/seed{wc.seed}/checkpoints/{wc.panel}_{wc.method}",
     log:
-        f"{RES}/logs/voronoi/figures45/{{panel}}_{{method}}.log",
+        f"{RES}/logs/voronoi/seed{{seed}}/figures45/{{panel}}_{{method}}.log",
     threads: 1 if SCALE == "smoke" else 8
     conda:
         "../envs/torch.yaml"
@@ -122,16 +124,17 @@ rule voronoi_f45_model:
 
 rule voronoi_figure4:
     input:
-        **{f"{p}_{m}": f"{RES}/voronoi/figures45/{p}_{m}.npz" for p, m in VORONOI_F45.FIGURE_JOBS["figure4"]},
+        **{f"{p}_{m}": f"{RES}/voronoi/seed{{seed}}/figures45/{p}_{m}.npz"
+           for p, m in VORONOI_F45.FIGURE_JOBS["figure4"]},
     output:
-        csv=report(f"{RES}/voronoi/figure4.csv", category="voronoi", labels={"target": "figure4", "type": "data"}),
-        png=report(f"{RES}/voronoi/figure4.png", category="voronoi", labels={"target": "figure4", "type": "figure"}),
-        provenance=f"{RES}/voronoi/figure4.provenance.json",
+        csv=f"{RES}/voronoi/seed{{seed}}/figure4.csv",
+        png=f"{RES}/voronoi/seed{{seed}}/figure4.png",
+        provenance=f"{RES}/voronoi/seed{{seed}}/figure4.provenance.json",
     params:
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/voronoi/figure4.log",
+        f"{RES}/logs/voronoi/seed{{seed}}/figure4.log",
     conda:
         "../envs/torch.yaml"
     resources:
@@ -143,16 +146,17 @@ rule voronoi_figure4:
 
 rule voronoi_figure5:
     input:
-        **{f"{p}_{m}": f"{RES}/voronoi/figures45/{p}_{m}.npz" for p, m in VORONOI_F45.FIGURE_JOBS["figure5"]},
+        **{f"{p}_{m}": f"{RES}/voronoi/seed{{seed}}/figures45/{p}_{m}.npz"
+           for p, m in VORONOI_F45.FIGURE_JOBS["figure5"]},
     output:
-        csv=report(f"{RES}/voronoi/figure5.csv", category="voronoi", labels={"target": "figure5", "type": "data"}),
-        png=report(f"{RES}/voronoi/figure5.png", category="voronoi", labels={"target": "figure5", "type": "figure"}),
-        provenance=f"{RES}/voronoi/figure5.provenance.json",
+        csv=f"{RES}/voronoi/seed{{seed}}/figure5.csv",
+        png=f"{RES}/voronoi/seed{{seed}}/figure5.png",
+        provenance=f"{RES}/voronoi/seed{{seed}}/figure5.provenance.json",
     params:
         scale=SCALE,
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     log:
-        f"{RES}/logs/voronoi/figure5.log",
+        f"{RES}/logs/voronoi/seed{{seed}}/figure5.log",
     conda:
         "../envs/torch.yaml"
     resources:

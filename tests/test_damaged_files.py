@@ -98,7 +98,7 @@ def test_workflow_rebuilds_a_truncated_prepared_dataset_before_the_dag(tmp_path)
     target = work / "results" / "data" / "digits28.npz"
     meta = data.prepare("digits28", target, root=None)
     os.truncate(target, target.stat().st_size // 2)  # what the issue describes
-    r = smk("-n", "results/smoke/voronoi/figures45/mnist_madry.npz", cwd=work)
+    r = smk("-n", "results/smoke/voronoi/seed0/figures45/mnist_madry.npz", cwd=work)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "results/data/digits28.npz: damaged prepared dataset: not a whole zip archive" in out

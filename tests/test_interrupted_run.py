@@ -20,9 +20,9 @@ from test_workflow import SNAKEMAKE, _scratch_copy, smk
 
 # one voronoi Figure 4/5 model: digits28 prepared, then Madry AT for 3 epochs (about 1 s each at smoke scale), then
 # its robust-accuracy curve
-TARGET = "results/smoke/voronoi/figures45/mnist_madry.npz"
-CHECKPOINTS = "results/smoke/voronoi/checkpoints/mnist_madry"  # <settings hash>/last.pt, final.pt
-LOG = "results/smoke/logs/voronoi/figures45/mnist_madry.log"
+TARGET = "results/smoke/voronoi/seed0/figures45/mnist_madry.npz"
+CHECKPOINTS = "results/smoke/voronoi/seed0/checkpoints/mnist_madry"  # <settings hash>/last.pt, final.pt
+LOG = "results/smoke/logs/voronoi/seed0/figures45/mnist_madry.log"
 ARGS = ("--cores", "1", TARGET)
 TIMING = ("seconds_train", "seconds_eval")  # wall-clock, differ between any two runs
 HISTORY_TIMING = ("time_s", "images_per_s")

@@ -144,7 +144,7 @@ def test_smoke_dag_end_to_end(tmp_path):
                   for ext in ("csv", "provenance.json")], "sonet/table4.png", "notebooks/sonet.html",
                 *[f"oaat/{t}.{ext}" for t in ("table1", "table2", "masking", "figure1")
                   for ext in ("csv", "provenance.json")], "oaat/figure1.png", "notebooks/oaat.html",
-                "abstain/features/simclr.npz", "abstain/features/supcon.npz", "notebooks/abstain.html",
+                "abstain/seed0/features/simclr.npz", "abstain/seed0/features/supcon.npz", "notebooks/abstain.html",
                 "notebooks/voronoi.html",
                 "audit/summary.md", "notebooks/lipreg.html", "notebooks/lipreg.ipynb",
                 *[f"audit/{p}.csv" for p in ("abstain", "lipreg", "sonet", "voronoi", "oaat")],
@@ -176,6 +176,14 @@ def test_smoke_dag_end_to_end(tmp_path):
     v = pd.read_csv(res / "audit" / "voronoi.csv")
     v3 = v[v["target"] == "figure3"]
     assert len(v3) == 4 and v3["verdict"].isin(["match", "deviates"]).all()
+    # ... judged by the 95% interval over the 20 retrainings (advrep.seeds), not by a guessed band
+    assert (v3["n"] == 20).all() and v3["tolerance_rule"].str.startswith("95% interval of 20 runs").all()
+    assert ((v3["ci_low"] < v3["reproduced"]) & (v3["reproduced"] < v3["ci_high"])).all()
+    # seeds: [0] (the default): every seeded target is its seed's files, byte for byte
+    for rel in ("sonet/table1.csv", "voronoi/figure3.csv", "voronoi/figure4.png", "abstain/table1.csv",
+                "lipreg/table6.csv", "oaat/figure1.png"):
+        seed0 = res / rel.replace("/", "/seed0/", 1)
+        assert (res / rel).read_bytes() == seed0.read_bytes(), rel
     assert (v[v["target"] == "figure4"]["verdict"] == "not comparable").all()
 
     # abstain: every Table 1 number computed (stand-in digits features), none comparable, and the audit says why
