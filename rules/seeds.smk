@@ -2,6 +2,11 @@
 #   results/<scale>/<paper>/seed<k>/<target>.csv (the paper's own rule, one per seed)
 #     -> results/<scale>/<paper>/<target>.csv: every cell's mean, std, n and 95% interval over the seeds (one seed:
 #        that seed's files, byte for byte); a figure is the first seed's, its provenance says so.
+# Seconds of pandas each: run on the submitting host, not queued on a cluster.
+
+localrules:
+    seeds_summary,
+    seeds_summary_figure,
 
 
 rule seeds_summary:
