@@ -66,9 +66,12 @@ pd.read_csv(res / "figure1.csv").pivot(index="row", columns="column", values="va
 # distance found (both norms) and the model calls until first success.  Every cell below aggregates these tables.
 
 # %%
-jobs = sorted((res / "jobs").glob("*.per_sample.csv"))
-one = pd.read_csv(res / "jobs" / "cifar10_undefended.per_sample.csv")
-print(len(jobs), "jobs;", len(one), "test images per job")
+# the jobs of the first seed (every seed's jobs are under seed<k>/jobs; the tables below summarise all seeds)
+first_seed = json.loads((res / "table2.provenance.json").read_text())["seeds"][0]
+job_dir = res / f"seed{first_seed}" / "jobs"
+jobs = sorted(job_dir.glob("*.per_sample.csv"))
+one = pd.read_csv(job_dir / "cifar10_undefended.per_sample.csv")
+print(len(jobs), f"jobs of seed {first_seed};", len(one), "test images per job")
 one.head()
 
 # %%
