@@ -66,6 +66,7 @@ class PlanesSettings:
     eval_step_sizes: tuple  # PGD step sizes as fractions of eps
     retrainings: int  # paper: 20
     codims: tuple = (10, 500)
+    eval_line_points: int = 0  # gradient-free probes straight across (line_search_broken); 0 = none
 
     @property
     def eval_eps(self) -> tuple:
@@ -98,12 +99,53 @@ def train_one(method: str, x_train: np.ndarray, y_train: np.ndarray, s: PlanesSe
 
 
 def evaluate_one(model: nn.Module, x_test: np.ndarray, y_test: np.ndarray, s: PlanesSettings) -> np.ndarray:
-    """Robust accuracy at each eval eps: per sample, broken if FGM or PGD with any of the step sizes breaks it."""
+    """Robust accuracy at each eval eps: per sample, broken if FGM, PGD with any of the step sizes, or (with
+    ``eval_line_points``) the gradient-free :func:`line_search_broken` breaks it; a sample broken at eps is broken at
+    every larger eps (its adversarial point lies in the larger ball too)."""
     attacks = [("fgsm", {})] + [("pgd", {"steps": s.eval_steps, "alpha_per_eps": f, "random_start": False})
                                 for f in s.eval_step_sizes]
-    ok = robust_accuracy_at(model, embed(x_test), torch.from_numpy(y_test), [e / SPAN for e in s.eval_eps],
-                            attacks, norm="l2")
-    return ok.mean(1)
+    broken = ~robust_accuracy_at(model, embed(x_test), torch.from_numpy(y_test), [e / SPAN for e in s.eval_eps],
+                                 attacks, norm="l2")
+    if s.eval_line_points:
+        broken |= line_search_broken(model, x_test, y_test, s.eval_eps, s.eval_line_points)
+    return (~np.maximum.accumulate(broken, axis=0)).mean(1)
+
+
+def across(x_test: np.ndarray, y_test: np.ndarray) -> np.ndarray:
+    """(N, D) unit directions (PLANES units): from each test point towards its nearest test point of the other
+    class (on PLANES straight across to the other plane, along x_d)."""
+    x = np.asarray(x_test, np.float64)
+    d2 = (x ** 2).sum(1)[:, None] + (x ** 2).sum(1)[None, :] - 2 * x @ x.T
+    d2[np.asarray(y_test)[:, None] == np.asarray(y_test)[None, :]] = np.inf
+    d = x[np.argmin(d2, axis=1)] - x
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def line_search_broken(model: nn.Module, x_test: np.ndarray, y_test: np.ndarray, eps_list, points: int,
+                       chunk: int = 50_000) -> np.ndarray:
+    """(len(eps_list), N) broken by a search without gradients: per test point, ``points`` probes at distances
+    t = k * max(eps) / points (k = 1 ... points) along :func:`across`; broken at eps when a probe at t <= eps is
+    misclassified (or the point itself is).  Every probe is one forward pass at a real point of the eps-ball, so
+    zero or misleading gradients cannot hide a break: on PLANES, FGM and PGD miss points whose hidden units are all
+    off (input gradient exactly 0), and a trained model's acc(eps = 1) must be <= 1/2 (the midpoint between a test
+    point and its twin across is 1 from both and gets one class), which gradient attacks alone did not show
+    (benchmarks/voronoi_planes_eval_strength.py)."""
+    eps = np.asarray(eps_list, np.float64)
+    t = eps.max() * np.arange(1, points + 1) / points  # PLANES units
+    u, y = embed(x_test), torch.from_numpy(np.asarray(y_test))
+    step = torch.from_numpy(across(x_test, y_test) / SPAN).float()  # embedded units per PLANES unit
+    tt = torch.from_numpy(t).float()
+    first = np.full(len(y), np.inf)
+    with torch.no_grad():
+        first[(model(u).argmax(1) != y).numpy()] = 0.0
+        per = max(1, chunk // points)
+        for s in range(0, len(y), per):
+            sl = slice(s, s + per)
+            probes = u[sl, None, :] + tt[None, :, None] * step[sl, None, :]  # (b, points, D)
+            wrong = (model(probes.reshape(-1, u.shape[1])).argmax(1).view(probes.shape[:2]) != y[sl, None]).numpy()
+            hit = np.where(wrong.any(1), t[np.argmax(wrong, axis=1)], np.inf)
+            first[sl] = np.minimum(first[sl], hit)
+    return first[None, :] <= eps[:, None] + 1e-9
 
 
 def curves(x_train, y_train, x_test, y_test, s: PlanesSettings, seed: int, workdir) -> dict[str, np.ndarray]:
@@ -195,7 +237,8 @@ def run(out_csv, out_png, *, curve_files: dict, settings: dict, scale: str, seed
                              datasets=metas,
                              extra={"our_choices_not_in_paper": ["epochs", "batch_size", "attack_steps",
                                                                  "attack_alpha", "eval_eps_max", "eval_eps_points",
-                                                                 "eval_steps", "eval_step_sizes"],
+                                                                 "eval_steps", "eval_step_sizes",
+                                                                 "eval_line_points"],
                                     "embedding": {"LO": LO, "SPAN": SPAN}})
     provenance.write_result(rows, out_csv, prov)
     return rows
