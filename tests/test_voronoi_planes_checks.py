@@ -40,14 +40,6 @@ def _bench():
 B = _bench()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def settings() -> planes.PlanesSettings:
     """Today's figure3 settings from config/config.yaml (through advrep.config), with few epochs."""
