@@ -66,7 +66,7 @@ wildcard_constraints:
 
 
 def seeded(paper, figures):
-    """``paper/target`` of the seeded targets with a figure (``figures``) or without, as a wildcard pattern."""
+    """``paper/target`` of the seeded targets with a figure (``figures``) or without (the summary rules' wildcard)."""
     names = [t for t in SEEDED_TARGETS[paper] if (t in SEEDED_FIGURES[paper]) == figures]
     return [f"{paper}/{t}" for t in names]
 
