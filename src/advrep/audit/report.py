@@ -48,7 +48,8 @@ def summary_markdown(scale: str, audits: dict[str, tuple[pd.DataFrame, pd.DataFr
            "digit; stochastic ones within the stated band (column `tolerance`), or, where a cell summarises n >= 3 "
            "runs (seeds or retrainings), within its 95% interval widened by one unit of the last printed digit "
            "(columns `n`, `interval`).\n",
-           "| paper | numbers | match | deviates | not comparable | claims hold | claims fail | claims not comparable |",
+           "| paper | numbers | match | deviates | not comparable | claims hold | claims fail "
+           "| claims not comparable |",
            "|---|---|---|---|---|---|---|---|"]
     for paper, (num, cl) in audits.items():
         vc, cc = num["verdict"].value_counts(), cl["verdict"].value_counts()
