@@ -51,6 +51,18 @@ def features(kind: str, n: int, m: int, d: int = 512, classes: int = 10, seed: i
     return X, y, T, ty
 
 
+def print_outcome(res) -> None:
+    """The adversary's outcome on the benchmark's points: d_nn, tau* quantiles, and the rates at the paper's taus."""
+    fin = np.isfinite(res.tau_star)
+    if fin.any():
+        print(f"  d_nn median {np.median(res.d_nn):.3f}; tau* quantiles (10/50/90%) "
+              f"{np.quantile(res.tau_star[fin], [0.1, 0.5, 0.9]).round(3)}; adversary never wins on {(~fin).sum()}")
+    for tau in (2.0, 3.0):
+        r = res.rates(tau)
+        print(f"  tau={tau}: E_nat {100 * r['E_nat']:.1f}%  E_adv {100 * r['E_adv']:.1f}%  "
+              f"D_nat {100 * r['D_nat']:.1f}%")
+
+
 def subspace_benchmark(args, X, y, T, ty) -> None:
     """n3 >= 2: the cutting-plane solver on ``--m`` points against the previous exact solver on ``--peer`` points."""
     from advrep.abstain.adversary import tau_star
@@ -71,14 +83,7 @@ def subspace_benchmark(args, X, y, T, ty) -> None:
     print(f"exact tau*, cutting plane ({scope} test points): {t_fast:8.1f} s  ({1e3 * per:.1f} ms / point; "
           f"{st['visited'] / len(T):.1f} candidates and {st['qp_solves'] / len(T):.1f} small projections per point); "
           f"projected {per * full / 60:.1f} min for {full} test points; peak RSS {rss:.0f} MiB")
-    fin = np.isfinite(res.tau_star)
-    if fin.any():
-        print(f"  d_nn median {np.median(res.d_nn):.3f}; tau* quantiles (10/50/90%) "
-              f"{np.quantile(res.tau_star[fin], [0.1, 0.5, 0.9]).round(3)}; adversary never wins on {(~fin).sum()}")
-    for tau in (2.0, 3.0):
-        r = res.rates(tau)
-        print(f"  tau={tau}: E_nat {100 * r['E_nat']:.1f}%  E_adv {100 * r['E_adv']:.1f}%  "
-              f"D_nat {100 * r['D_nat']:.1f}%")
+    print_outcome(res)
     if args.peer:
         k = min(args.peer, len(T))
         t = time.perf_counter()
@@ -129,13 +134,7 @@ def main() -> None:
     st = res.stats
     print(f"exact tau* (all {len(T)} test points): {t_fast:8.1f} s  ({1e3 * t_fast / len(T):.2f} ms / point; "
           f"level-1 certified {st['certified_level1']}, lifted-hull rows {st['hull_rows']}); peak RSS {rss:.0f} MiB")
-    fin = np.isfinite(res.tau_star)
-    print(f"  d_nn median {np.median(res.d_nn):.3f}; tau* quantiles (10/50/90%) "
-          f"{np.quantile(res.tau_star[fin], [0.1, 0.5, 0.9]).round(3)}; adversary never wins on {(~fin).sum()}")
-    for tau in (2.0, 3.0):
-        r = res.rates(tau)
-        print(f"  tau={tau}: E_nat {100 * r['E_nat']:.1f}%  E_adv {100 * r['E_adv']:.1f}%  "
-              f"D_nat {100 * r['D_nat']:.1f}%")
+    print_outcome(res)
 
     if args.naive:
         k = args.naive

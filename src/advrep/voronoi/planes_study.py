@@ -390,18 +390,12 @@ def tasks_for(cfg: StudyConfig, retrainings: int, seed: int, codims=CODIMS) -> l
 
 
 def t_interval(values, level: float = 0.95) -> dict:
-    """mean, sd (ddof 1), n and the t interval mean +- t_{(1+level)/2, n-1} sd / sqrt(n) (nan bounds for n < 2)."""
-    from scipy import stats
+    """mean, sd (ddof 1), n and the t interval mean +- t_{(1+level)/2, n-1} sd / sqrt(n) (nan bounds for n < 2):
+    :func:`advrep.seeds.summarise` under the study's column names."""
+    from ..seeds import summarise as summary
 
-    v = np.asarray(values, dtype=float)
-    if v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
-        raise ValueError(f"t_interval needs a non-empty 1-D array of finite values, got {v!r}")
-    n, mean = len(v), float(v.mean())
-    if n < 2:
-        return dict(mean=mean, sd=float("nan"), n=n, ci_low=float("nan"), ci_high=float("nan"))
-    sd = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return dict(mean=mean, sd=sd, n=n, ci_low=mean - half, ci_high=mean + half)
+    got = summary(values, level)
+    return dict(mean=got["value"], sd=got["std"], n=got["n"], ci_low=got["ci_low"], ci_high=got["ci_high"])
 
 
 def verdict(ci_low: float, ci_high: float) -> str:
